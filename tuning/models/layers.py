@@ -1,0 +1,128 @@
+"""Layers shared by the architectures: padding conventions and a fast depthwise conv."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def conv_padding(hw: Sequence[int], kernel: int, stride: int, same: bool) -> Padding:
+  """Explicit (height, width) padding for a square `kernel` conv on an `hw` input.
+
+  PyTorch pads `(kernel-1)//2` on both sides. TensorFlow's 'SAME' pads so the
+  output has ceil(size/stride) pixels and puts the odd pixel at the end, which
+  differs from PyTorch for stride-2 convs on even inputs: converted weights only
+  reproduce their source with their own convention.
+  """
+  def pad(size):
+    if not same:
+      return ((kernel - 1) // 2,) * 2
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return (total // 2, total - total // 2)
+  return (pad(hw[0]), pad(hw[1]))
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise `kernel x kernel` conv as a sum of shifted multiply-adds.
+
+  Same parameters (`kernel` of shape (k, k, 1, C)) and result as `nn.Conv` with
+  `feature_group_count=C`, but XLA's CPU backend runs grouped convolutions
+  about 10x slower than this formulation, which it fuses into one loop.
+  Strided taps are sliced directly, so stride 2 never computes discarded pixels.
+  """
+  kernel_size: int = 3
+  strides: int = 1
+  same_padding: bool = False
+  use_bias: bool = False
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.strides
+    channels = x.shape[-1]
+    # lecun_normal on (k, k, 1, C) uses fan_in = k*k, as for a grouped nn.Conv.
+    kernel = self.param("kernel", self.kernel_init, (k, k, 1, channels), jnp.float32)
+    x = jnp.pad(x, ((0, 0), *conv_padding(x.shape[1:3], k, s, self.same_padding), (0, 0)))
+    out_h = (x.shape[1] - k) // s + 1
+    out_w = (x.shape[2] - k) // s + 1
+    y = None
+    for dy in range(k):
+      for dx in range(k):
+        tap = jax.lax.slice(
+            x, (0, dy, dx, 0),
+            (x.shape[0], dy + s * (out_h - 1) + 1, dx + s * (out_w - 1) + 1, channels),
+            (1, s, s, 1))
+        term = tap * kernel[dy, dx, 0]
+        y = term if y is None else y + term
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    return y
+
+
+def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: bool,
+               trainable_from: int) -> jax.Array:
+  """Applies the model's named blocks in order, freezing those below `trainable_from`.
+
+  Frozen blocks run in inference mode (BatchNorm uses and keeps its running
+  averages, dropout is off), and the activation entering the first trainable
+  block is cut from the graph with `stop_gradient`, so no gradient work happens
+  below the freeze boundary even when something later reads the frozen grads.
+  """
+  for index, (_, block) in enumerate(blocks):
+    if index == trainable_from and index > 0:
+      x = jax.lax.stop_gradient(x)
+    x = block(x, train=train and index >= trainable_from)
+  return x
+
+
+# torchvision initialises conv kernels with Kaiming-normal (fan_out); `scratch`
+# runs start from the same distribution as the reference implementation.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ConvNormAct(nn.Module):
+  """Conv -> BatchNorm -> activation; `features=None` makes the conv depthwise.
+
+  `folded_bn=True` is the layout of deployment files (TFLite) whose BatchNorm was
+  folded into the conv: the conv gets a bias and there is no BatchNorm.
+  """
+  features: int | None
+  kernel_size: int = 1
+  strides: int = 1
+  activation: Callable[[jax.Array], jax.Array] | None = nn.relu
+  same_padding: bool = False
+  folded_bn: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    k, s = self.kernel_size, self.strides
+    if self.features is None:
+      x = DepthwiseConv(k, s, self.same_padding, use_bias=self.folded_bn,
+                        kernel_init=conv_init, name="conv")(x)
+    else:
+      x = nn.Conv(self.features, (k, k), (s, s),
+                  padding=conv_padding(x.shape[1:3], k, s, self.same_padding),
+                  use_bias=self.folded_bn, kernel_init=conv_init, name="conv")(x)
+    if not self.folded_bn:
+      # momentum 0.9 / eps 1e-5 are PyTorch's BatchNorm2d defaults (momentum 0.1 there).
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+    return x if self.activation is None else self.activation(x)
+
+
+class ClassifierHead(nn.Module):
+  """Global average pool -> dropout -> a fresh linear layer of `num_classes`."""
+  num_classes: int
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = jnp.mean(x, axis=(1, 2))
+    if self.dropout_rate:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
+                    name="classifier")(x)
