@@ -1,0 +1,98 @@
+"""Tests for tuning.tasks.classification against scikit-learn."""
+from __future__ import annotations
+
+import hypothesis
+from hypothesis import strategies as st
+import jax
+import numpy as np
+import pytest
+from sklearn import metrics
+
+from tuning.tasks import classification
+
+_SETTINGS = hypothesis.settings(deadline=None, max_examples=60)
+
+
+def _random_problem(seed: int, n: int, num_classes: int, levels: int):
+  """Labels covering >= 2 classes and row-normalised scores with many ties."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, n)
+  labels[:2] = [0, 1]
+  scores = rng.integers(1, levels + 1, (n, num_classes)).astype(np.float64)
+  return labels, scores / scores.sum(axis=1, keepdims=True)
+
+
+@_SETTINGS
+@hypothesis.given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 60),
+                  levels=st.integers(1, 5))
+def test_binary_auc_matches_sklearn(seed, n, levels):
+  labels, probs = _random_problem(seed, n, 2, levels)
+  expected = metrics.roc_auc_score(labels, probs[:, 1])
+  assert classification.roc_auc(labels, probs) == pytest.approx(expected, abs=1e-12)
+  assert classification.roc_auc(labels, probs[:, 1]) == pytest.approx(
+      expected, abs=1e-12)
+
+
+@_SETTINGS
+@hypothesis.given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 60),
+                  num_classes=st.integers(3, 6), levels=st.integers(1, 5))
+def test_multiclass_auc_matches_sklearn_ovr_macro(seed, n, num_classes, levels):
+  labels, probs = _random_problem(seed, n, num_classes, levels)
+  present = np.unique(labels)
+  if len(present) == num_classes:
+    expected = metrics.roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+  else:  # sklearn's "ovr" needs every class present; average over those that are.
+    expected = np.mean(
+        [metrics.roc_auc_score(labels == c, probs[:, c]) for c in present])
+  assert classification.roc_auc(labels, probs) == pytest.approx(expected, abs=1e-12)
+
+
+@_SETTINGS
+@hypothesis.given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 60),
+                  num_classes=st.integers(2, 6), levels=st.integers(1, 5))
+def test_accuracy_matches_sklearn(seed, n, num_classes, levels):
+  labels, probs = _random_problem(seed, n, num_classes, levels)
+  expected = metrics.accuracy_score(labels, probs.argmax(axis=1))
+  assert classification.accuracy(labels, probs) == pytest.approx(expected)
+  assert classification.evaluate(labels, probs) == {
+      "auc": classification.roc_auc(labels, probs), "acc": pytest.approx(expected)}
+
+
+def test_auc_extremes_and_ties():
+  labels = np.array([0, 0, 1, 1])
+  assert classification.roc_auc(labels, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+  assert classification.roc_auc(labels, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+  assert classification.roc_auc(labels, np.full(4, 0.5)) == 0.5
+
+
+def test_binary_accuracy_from_positive_scores():
+  labels = np.array([0, 1, 1, 0])
+  assert classification.accuracy(labels, np.array([0.2, 0.7, 0.5, 0.4])) == 0.75
+
+
+@pytest.mark.parametrize("scores", [np.full((5, 3), 1 / 3), np.full(5, 0.5)])
+def test_auc_single_class_raises(scores):
+  labels = np.ones(5, np.int64) if scores.ndim == 1 else np.full(5, 2)
+  with pytest.raises(ValueError, match="single class"):
+    classification.roc_auc(labels, scores)
+
+
+@pytest.mark.parametrize("labels, scores, match", [
+    (np.array([0, 1, 2]), np.zeros((3, 2)), r"class indices in \[0, 2\)"),
+    (np.array([0, 1]), np.zeros((3, 2)), "to match labels"),
+    (np.array([[0], [1]]), np.zeros((2, 2)), r"labels must be \(N,\) integers"),
+    (np.array([0.0, 1.0]), np.zeros((2, 2)), r"labels must be \(N,\) integers"),
+    (np.array([0, 1]), np.array([0.3, np.nan]), "NaN"),
+])
+def test_invalid_inputs_raise(labels, scores, match):
+  with pytest.raises(ValueError, match=match):
+    classification.roc_auc(labels, scores)
+
+
+def test_cross_entropy_loss():
+  logits = jax.numpy.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+  labels = jax.numpy.array([0, 2])
+  log_probs = jax.nn.log_softmax(logits)
+  expected = -(log_probs[0, 0] + log_probs[1, 2]) / 2
+  np.testing.assert_allclose(
+      classification.cross_entropy_loss(logits, labels), expected, rtol=1e-6)

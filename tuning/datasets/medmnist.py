@@ -1,0 +1,200 @@
+"""MedMNIST v2 `.npz` files: locating, downloading, validating, subsampling.
+
+Each file holds `{train,val,test}_{images,labels}`; images are uint8 `(N, H, W)`
+(grayscale) or `(N, H, W, 3)` (RGB) and labels are integers `(N, 1)`. Loading
+normalises every split to RGB images and flat int32 labels so that the rest of
+the library deals with one layout only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import re
+import urllib.request
+import zipfile
+
+import numpy as np
+import tqdm
+
+URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
+SPLITS = ("train", "val", "test")
+_DOWNLOAD_CHUNK = 1 << 20
+_DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """One split. `images`: uint8 `(N, H, W, 3)`; `labels`: int32 `(N,)`.
+
+  `eq=False`: comparing arrays field by field has no single truth value.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A loaded MedMNIST file; `path` and `sha256` record exactly which one."""
+  name: str
+  num_classes: int
+  train: Split
+  val: Split
+  test: Split
+  path: str
+  sha256: str
+
+
+def data_dir(configured: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where datasets live: `configured`, else `$TUNING_DATA_DIR`, else the cache."""
+  if configured:
+    return pathlib.Path(configured).expanduser()
+  if os.environ.get("TUNING_DATA_DIR"):
+    return pathlib.Path(os.environ["TUNING_DATA_DIR"]).expanduser()
+  cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(cache).expanduser() / "tuning" / "data"
+
+
+_data_dir = data_dir  # `load` and `available` take a `data_dir` argument.
+
+
+def available(
+    data_dir: str | os.PathLike,  # pylint: disable=redefined-outer-name
+) -> list[str]:
+  """Names of the datasets present in `data_dir`, for error messages."""
+  directory = pathlib.Path(data_dir)
+  if not directory.is_dir():
+    return []
+  return sorted(p.stem for p in directory.glob("*.npz"))
+
+
+def load(
+    name: str,
+    data_dir: str | os.PathLike | None = None,  # pylint: disable=redefined-outer-name
+    download: bool = True,
+) -> Dataset:
+  """Reads and validates `<data_dir>/<name>.npz`, downloading it if missing.
+
+  `data_dir` falls back as in `data_dir()`. Raises `ValueError` naming the file
+  and key when the contents do not follow the MedMNIST layout.
+  """
+  if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+    raise ValueError(
+        f"dataset name {name!r} must be a MedMNIST file stem such as "
+        "'pneumoniamnist' (letters, digits and '_' only)")
+  directory = _data_dir(data_dir)
+  path = directory / f"{name}.npz"
+  if not path.is_file():
+    if not download:
+      found = ", ".join(available(directory)) or "nothing"
+      raise FileNotFoundError(
+          f"unknown dataset {name!r}: {path} does not exist and download is "
+          f"off; found in {directory}: {found}")
+    _download(URL.format(name=name), path)
+  arrays = _read_npz(path)
+  splits = {s: _split(path, s, arrays) for s in SPLITS}
+  num_classes = int(max(split.labels.max() for split in splits.values())) + 1
+  return Dataset(
+      name=name, num_classes=num_classes, **splits, path=str(path),
+      sha256=_sha256(path))
+
+
+def subsample(split: Split, fraction: float, seed: int) -> Split:
+  """A stratified random `fraction` of `split`, at least one example per class.
+
+  Each class is permuted once from `seed` and a prefix kept, so for one seed
+  smaller fractions give subsets of larger ones (learning curves nest).
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"subsample fraction must be in (0, 1], got {fraction}")
+  if fraction == 1.0:
+    return split
+  rng = np.random.default_rng(seed)
+  keep = []
+  for c in np.unique(split.labels):
+    members = rng.permutation(np.flatnonzero(split.labels == c))
+    keep.append(members[:max(1, round(fraction * len(members)))])
+  index = np.sort(np.concatenate(keep))
+  return Split(images=split.images[index], labels=split.labels[index])
+
+
+def _download(url: str, path: pathlib.Path) -> None:
+  """Fetches `url` to `path` via a temp file, so a failure leaves no partial file."""
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+      total = int(response.headers.get("Content-Length") or 0) or None
+      with open(tmp, "wb") as out, tqdm.tqdm(
+          total=total, unit="B", unit_scale=True,
+          desc=f"downloading {path.name}") as bar:
+        while chunk := response.read(_DOWNLOAD_CHUNK):
+          out.write(chunk)
+          bar.update(len(chunk))
+    os.replace(tmp, path)
+  except OSError as e:  # URLError, HTTPError and timeouts are OSErrors.
+    raise RuntimeError(
+        f"dataset file {path} does not exist and downloading it from {url} "
+        f"failed ({e}); put the .npz file there, or point TUNING_DATA_DIR or "
+        "config.data_dir at a directory that has it") from e
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """All arrays of the archive, with unreadable files reported by path."""
+  try:
+    contents = np.load(path)
+    if isinstance(contents, np.lib.npyio.NpzFile):
+      with contents:
+        return {key: contents[key] for key in contents.files}
+  except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+    raise ValueError(
+        f"{path}: cannot read as a MedMNIST .npz archive ({e}); the file is "
+        "truncated or corrupt, delete it to download it again") from e
+  raise ValueError(f"{path}: holds a single .npy array, expected an .npz archive")
+
+
+def _split(path: pathlib.Path, split: str, arrays: dict[str, np.ndarray]) -> Split:
+  """Validates one split and converts it to RGB images and flat int32 labels."""
+  image_key, label_key = f"{split}_images", f"{split}_labels"
+  for key in (image_key, label_key):
+    if key not in arrays:
+      raise ValueError(
+          f"{path}: missing key {key!r}; found keys {sorted(arrays)}")
+  images, labels = arrays[image_key], arrays[label_key]
+  if images.dtype != np.uint8:
+    raise ValueError(
+        f"{path}: {image_key!r} has dtype {images.dtype}, expected uint8")
+  if images.ndim == 3:
+    images = np.repeat(images[..., None], 3, axis=-1)
+  elif images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(
+        f"{path}: {image_key!r} has shape {images.shape}, expected (N, H, W) "
+        "grayscale or (N, H, W, 3) RGB")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+        f"{path}: {label_key!r} has dtype {labels.dtype}, expected integers")
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  elif labels.ndim != 1:
+    raise ValueError(
+        f"{path}: {label_key!r} has shape {labels.shape}, expected (N, 1) or "
+        "(N,) single-label class indices (multi-label files are unsupported)")
+  if len(images) == 0:
+    raise ValueError(f"{path}: split {split!r} is empty ({image_key!r} has 0 images)")
+  if len(labels) != len(images):
+    raise ValueError(
+        f"{path}: {label_key!r} has {len(labels)} labels but {image_key!r} has "
+        f"{len(images)} images")
+  if labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:
+    raise ValueError(
+        f"{path}: {label_key!r} has labels in [{labels.min()}, {labels.max()}], "
+        "expected class indices in [0, num_classes)")
+  return Split(images=images, labels=labels.astype(np.int32))
+
+
+def _sha256(path: pathlib.Path) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
