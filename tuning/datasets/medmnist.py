@@ -12,16 +12,14 @@ import hashlib
 import os
 import pathlib
 import re
-import urllib.request
 import zipfile
 
 import numpy as np
-import tqdm
+
+from tuning import download
 
 URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 SPLITS = ("train", "val", "test")
-_DOWNLOAD_CHUNK = 1 << 20
-_DOWNLOAD_TIMEOUT_S = 60
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,26 +118,13 @@ def subsample(split: Split, fraction: float, seed: int) -> Split:
 
 
 def _download(url: str, path: pathlib.Path) -> None:
-  """Fetches `url` to `path` via a temp file, so a failure leaves no partial file."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
   try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-      total = int(response.headers.get("Content-Length") or 0) or None
-      with open(tmp, "wb") as out, tqdm.tqdm(
-          total=total, unit="B", unit_scale=True,
-          desc=f"downloading {path.name}") as bar:
-        while chunk := response.read(_DOWNLOAD_CHUNK):
-          out.write(chunk)
-          bar.update(len(chunk))
-    os.replace(tmp, path)
+    download.download(url, path)
   except OSError as e:  # URLError, HTTPError and timeouts are OSErrors.
     raise RuntimeError(
         f"dataset file {path} does not exist and downloading it from {url} "
         f"failed ({e}); put the .npz file there, or point TUNING_DATA_DIR or "
         "config.data_dir at a directory that has it") from e
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
