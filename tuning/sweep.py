@@ -1,0 +1,30 @@
+"""A depth sweep: one run per scheme of the config, skipping runs already finished."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from tqdm import tqdm
+
+from tuning import config as config_lib
+from tuning import report, train
+
+RUN_KEY = ("dataset", "arch", "scheme", "train_fraction", "seed")
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every scheme in `config.schemes`; returns all result rows of the workdir."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  done = {tuple(row[k] for k in RUN_KEY) for row in report.read_results(workdir)}
+  for scheme in tqdm(config.schemes, desc="sweep", disable=not config.progress):
+    run_config = config.copy_and_resolve_references()
+    run_config.scheme = scheme
+    if tuple(run_config[k] for k in RUN_KEY) in done:
+      tqdm.write(f"{train.run_name(run_config)}: already in results, skipped")
+      continue
+    row = train.train_and_evaluate(run_config, workdir)
+    tqdm.write(f"{train.run_name(run_config)}: test AUC {row['test_auc']:.4f}, "
+               f"acc {row['test_acc']:.4f}, {row['wall_s']:.0f} s")
+    report.write_report(workdir)
+  return report.read_results(workdir)

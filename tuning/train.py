@@ -1,0 +1,188 @@
+"""One training run: a model, a depth scheme, a dataset; the best model's test metrics.
+
+The loop follows Tajbakhsh et al. 2016: SGD with momentum, the new head at 10x
+the tuned layers' learning rate, the rate decayed once per epoch, and early
+stopping on validation AUC; the best model is checkpointed with orbax and
+restored for the test evaluation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from tuning import config as config_lib
+from tuning import depth, input_pipeline, models, pretrained
+from tuning.datasets import medmnist
+from tuning.preprocess import MINUS_ONE_TO_ONE
+from tuning.tasks import classification
+
+State = dict[str, Any]
+
+
+def run_name(config: ml_collections.ConfigDict) -> str:
+  name = f"{config.dataset}-{config.arch}-{config.scheme}-f{config.train_fraction:g}-s{config.seed}"
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, rng: jax.Array):
+  """The model, its initial variables, input convention and depth scheme.
+
+  `scratch` uses the same architecture variant and input convention as the
+  pretrained runs, so the only difference is where the weights start.
+  """
+  block_names = type(models.create(config.arch, 1)).block_names
+  scheme = depth.parse_scheme(config.scheme, block_names)
+  if config.weights:
+    path = pretrained.resolve(config.weights, config.weights_dir)
+    source_model, source_vars, preprocess = pretrained.load(config.arch, path, config.weights_format)
+    model = source_model.clone(num_classes=num_classes)
+  else:
+    if scheme.pretrained:
+      raise ValueError(f"scheme {config.scheme!r} fine-tunes pretrained weights, but config.weights is empty")
+    model, preprocess = models.create(config.arch, num_classes), MINUS_ONE_TO_ONE
+  shape = (1, config.image_size, config.image_size, 3)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros(shape), train=False))(rng)
+  variables = jax.tree.map(np.asarray, variables)
+  if scheme.pretrained:
+    variables = pretrained.transplant(source_vars, variables, reinit=("head",))
+  return model, variables, preprocess, scheme
+
+
+def create_train_state(variables: dict, tx: optax.GradientTransformation) -> State:
+  """Explicit training state; `batch_stats` is `{}` for models without BatchNorm."""
+  return {
+      "step": jnp.zeros((), jnp.int32), "params": variables["params"],
+      "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(variables["params"]),
+  }
+
+
+def model_variables(state: State) -> dict:
+  return {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}
+
+
+def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int, rng: jax.Array
+                    ) -> Callable[[State, dict], tuple[State, dict]]:
+  def train_step(state: State, batch: dict) -> tuple[State, dict]:
+    dropout_rng = jax.random.fold_in(rng, state["step"])
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          model_variables({**state, "params": params}), batch["image"], train=True,
+          trainable_from=trainable_from, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      return classification.cross_entropy_loss(logits, batch["label"]), updates
+
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    step_updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return {
+        "step": state["step"] + 1,
+        "params": optax.apply_updates(state["params"], step_updates),
+        "batch_stats": updates.get("batch_stats", {}),
+        "opt_state": opt_state,
+    }, {"loss": loss}
+  return train_step
+
+
+def make_eval_step(model) -> Callable[[State, jax.Array], jax.Array]:
+  def eval_step(state: State, images: jax.Array) -> jax.Array:
+    logits = model.apply(model_variables(state), images, train=False)
+    return jax.nn.softmax(logits)
+  return eval_step
+
+
+def predict(eval_step, state: State, batches: Iterable[dict], sharding) -> tuple[np.ndarray, np.ndarray]:
+  """Labels and class probabilities over a split, padding rows dropped."""
+  probs, labels = [], []
+  for batch in batches:
+    out = np.asarray(eval_step(state, jax.device_put(batch["image"], sharding)))
+    probs.append(out[batch["mask"]])
+    labels.append(batch["label"][batch["mask"]])
+  return np.concatenate(labels), np.concatenate(probs)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains one run, returns its result row (also appended to `workdir/results.jsonl`)."""
+  config_lib.validate(config)
+  start = time.perf_counter()
+  dataset = medmnist.load(config.dataset, medmnist.data_dir(config.data_dir))
+  train_split = medmnist.subsample(dataset.train, config.train_fraction, config.seed)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  model, variables, preprocess, scheme = create_model(config, dataset.num_classes, init_rng)
+  block_names = type(model).block_names
+
+  steps = input_pipeline.steps_per_epoch(len(train_split.labels), config.batch_size)
+  labels = depth.param_labels(variables["params"], block_names, scheme.trainable_from)
+  tx = depth.make_optimizer(
+      labels, learning_rate=config.lr if scheme.pretrained else config.scratch_lr,
+      head_lr_mult=config.head_lr_mult if scheme.pretrained else 1.0,
+      momentum=config.momentum, steps_per_epoch=steps, decay_per_epoch=config.lr_decay_per_epoch)
+
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.device_put(create_train_state(variables, tx), replicated)
+  train_step = jax.jit(make_train_step(model, tx, scheme.trainable_from, dropout_rng),
+                       donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model))
+  eval_batches = lambda split: input_pipeline.eval_batches(
+      split, batch_size=config.batch_size, image_size=config.image_size, preprocess=preprocess)
+
+  name = run_name(config)
+  checkpoint_dir = os.path.abspath(os.path.join(workdir, "checkpoints", name))
+  shutil.rmtree(checkpoint_dir, ignore_errors=True)  # an unfinished earlier attempt
+  checkpoints = ocp.CheckpointManager(
+      checkpoint_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  batches = iter(input_pipeline.train_batches(
+      train_split, batch_size=config.batch_size, image_size=config.image_size,
+      preprocess=preprocess, seed=config.seed))
+  best_auc, best_epoch, history = -1.0, 0, []
+  for epoch in range(1, config.epochs + 1):
+    losses = []
+    for _ in tqdm(range(steps), desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
+                  disable=not config.progress):
+      state, metrics = train_step(state, jax.device_put(next(batches), data_sharding))
+      losses.append(metrics["loss"])
+    val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
+    history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": val["auc"]})
+    if val["auc"] > best_auc:
+      best_auc, best_epoch = val["auc"], epoch
+      checkpoints.save(epoch, args=ocp.args.StandardSave(state))
+    elif epoch - best_epoch >= config.patience:
+      break
+  checkpoints.wait_until_finished()
+  state = checkpoints.restore(best_epoch, args=ocp.args.StandardRestore(state))
+  checkpoints.close()
+  test = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.test), data_sharding))
+
+  result = {
+      "dataset": config.dataset, "arch": config.arch, "scheme": config.scheme,
+      "train_fraction": config.train_fraction, "seed": config.seed,
+      "test_auc": test["auc"], "test_acc": test["acc"], "val_auc": best_auc,
+      "best_epoch": best_epoch, "epochs_run": len(history),
+      "wall_s": round(time.perf_counter() - start, 2),
+      "n_trainable_params": depth.count_trainable(variables["params"], labels),
+      "n_params": int(sum(np.size(p) for p in jax.tree.leaves(variables["params"]))),
+      "n_train": int(len(train_split.labels)), "image_size": config.image_size,
+      "batch_size": config.batch_size, "devices": jax.device_count(),
+      "weights": str(config.weights), "data_sha256": dataset.sha256, "history": history,
+  }
+  append_result(os.path.join(workdir, "results.jsonl"), result)
+  return result
+
+
+def append_result(path: str, row: dict) -> None:
+  """Appends one JSON line in a single write, so a killed run never leaves half a line."""
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(row, sort_keys=True) + "\n")
+    f.flush()
