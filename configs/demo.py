@@ -23,6 +23,6 @@ def get_config():
   config.schemes = ("scratch", "head", "from:block6", "from:block4", "all")
   config.image_size = 64
   config.train_fraction = 0.25
-  config.epochs = 6
+  config.epochs = 10
   config.patience = 3
   return config

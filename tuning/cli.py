@@ -9,7 +9,10 @@ from ml_collections import config_flags
 
 from tuning import report, sweep, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)")
+# New keys are accepted here so that `config.validate` reports them, with a suggestion.
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config file (configs/*.py)", lock_config=False,
+    accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for results, report and checkpoints")
 
 COMMANDS = ("train", "sweep")
@@ -33,7 +36,9 @@ def main(argv: list[str]) -> int:
     else:
       sweep.run_sweep(config, workdir)
     path = report.write_report(workdir)
-  except (ValueError, FileNotFoundError) as e:  # user errors: the message, not a traceback
+  # User errors: the message, not a traceback. RuntimeError: a failed dataset download;
+  # OSError: e.g. an unreadable --config file (ml_collections defers that error until here).
+  except (ValueError, RuntimeError, OSError) as e:
     if os.environ.get("TUNING_DEBUG"):
       raise
     print(f"error: {e}", file=sys.stderr)
@@ -42,5 +47,14 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad flag is one `error:` line and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, OSError) as e:  # OSError: a --config file that cannot be read
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run() -> None:
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

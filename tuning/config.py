@@ -30,7 +30,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.batch_size = 32
   c.epochs = 10
   c.patience = 3  # epochs without a better validation AUC before stopping
-  c.lr = 0.01  # tuned pretrained layers; the new head gets lr * head_lr_mult
+  c.lr = 0.001  # tuned pretrained layers (Tajbakhsh 2016); the new head gets lr * head_lr_mult
   c.head_lr_mult = 10.0
   c.scratch_lr = 0.05  # every layer of a `scratch` run
   c.momentum = 0.9
@@ -56,7 +56,7 @@ _CHECKS = {
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every bad field, what it holds and what is expected."""
   reference = defaults()
-  problems = []
+  problems, bad = [], set()  # `bad`: fields the cross-field checks below must not read
   for key in config:
     if key not in reference:
       close = difflib.get_close_matches(key, list(reference), n=1)
@@ -68,20 +68,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
       value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
       problems.append(f"config.{key} = {value!r}: expected {want.__name__}")
+      bad.add(key)
     elif key in _CHECKS and not _CHECKS[key][0](value):
       problems.append(f"config.{key} = {value!r}: expected {_CHECKS[key][1]}")
-  if not problems:
-    if config.arch not in models.ARCHITECTURES:
-      problems.append(f"config.arch = {config.arch!r}: expected one of {sorted(models.ARCHITECTURES)}")
-    else:
-      blocks = type(models.create(config.arch, 1)).block_names
-      for scheme in (config.scheme, *config.schemes):
-        try:
-          depth.parse_scheme(scheme, blocks)
-        except ValueError as e:
-          problems.append(f"config.scheme(s): {e}")
-    if config.batch_size % jax.device_count():
-      problems.append(f"config.batch_size = {config.batch_size}: must be a multiple of the "
-                      f"{jax.device_count()} devices the batch is sharded over")
+      bad.add(key)
+  if "arch" not in bad and config.arch not in models.ARCHITECTURES:
+    problems.append(f"config.arch = {config.arch!r}: expected one of {sorted(models.ARCHITECTURES)}")
+  elif "arch" not in bad:
+    blocks = type(models.create(config.arch, 1)).block_names
+    named = [] if "scheme" in bad else [("scheme", config.scheme)]
+    if "schemes" not in bad:
+      named += [("schemes", s) for s in config.schemes]
+    for field, scheme in named:
+      try:
+        depth.parse_scheme(scheme, blocks)
+      except ValueError as e:
+        problems.append(f"config.{field}: {e}")
+  if "batch_size" not in bad and config.batch_size % jax.device_count():
+    problems.append(f"config.batch_size = {config.batch_size}: must be a multiple of the "
+                    f"{jax.device_count()} devices the batch is sharded over")
   if problems:
     raise ValueError("invalid config:\n  " + "\n  ".join(problems))

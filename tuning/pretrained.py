@@ -43,9 +43,15 @@ def resolve(weights: str, configured_dir: str | None = None, download: bool = Tr
     return candidate
   url = next((u for u in convert.URLS.values() if u.rsplit("/", 1)[-1] == path.name), None)
   if url and download:
-    return convert.fetch(url, candidate.parent)
+    try:
+      return convert.fetch(url, candidate.parent)
+    except OSError as e:  # URLError, HTTPError, timeouts: name the file, not just the socket
+      raise FileNotFoundError(
+          f"weights file {weights!r} not found at {candidate} and downloading it from {url} "
+          f"failed ({e}); put the file there, or set config.weights to a path, or "
+          "config.weights_dir / $TUNING_WEIGHTS_DIR to its folder") from e
   raise FileNotFoundError(
-      f"weights file {weights!r} not found (looked at {path} and {candidate}); set "
+      f"weights file {weights!r} not found (looked at {path.absolute()} and {candidate}); set "
       "config.weights to a path, or config.weights_dir / $TUNING_WEIGHTS_DIR to its folder")
 
 
@@ -72,7 +78,8 @@ def transplant(pretrained: dict, fresh: dict, reinit: Sequence[str] = ("head",))
       want = dict(jax.tree_util.tree_flatten_with_path(blocks[block])[0])
       have = dict(jax.tree_util.tree_flatten_with_path(loaded[block])[0])
       for key in sorted(set(want) | set(have), key=str):
-        name = f"{collection}/{block}{jax.tree_util.keystr(key, simple=True, separator='/')}"
+        leaf = jax.tree_util.keystr(key, simple=True, separator="/")
+        name = f"{collection}/{block}/{leaf}".rstrip("/")
         if key not in have:
           problems.append(f"{name}: missing from the pretrained weights")
         elif key not in want:

@@ -53,8 +53,9 @@ def write_report(workdir: str) -> str:
   sections = ["# Depth sweep report", ""]
   groups: dict[tuple, list[dict]] = {}
   for row in rows:
-    groups.setdefault((row["dataset"], row["arch"], row["train_fraction"], row["seed"]), []).append(row)
-  for (dataset, arch, fraction, seed), group in sorted(groups.items()):
+    key = (row["dataset"], row["arch"], row["weights"], row["train_fraction"], row["seed"])
+    groups.setdefault(key, []).append(row)
+  for (dataset, arch, _, fraction, seed), group in sorted(groups.items()):
     sections += [f"## {dataset}, {arch}, train fraction {fraction:g}, seed {seed}", "",
                  f"{group[0]['n_train']} training images at {group[0]['image_size']} px, "
                  f"batch {group[0]['batch_size']}, weights `{group[0]['weights']}`.", "",

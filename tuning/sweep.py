@@ -9,7 +9,7 @@ from tqdm import tqdm
 from tuning import config as config_lib
 from tuning import report, train
 
-RUN_KEY = ("dataset", "arch", "scheme", "train_fraction", "seed")
+RUN_KEY = ("dataset", "arch", "weights", "scheme", "train_fraction", "seed")
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:

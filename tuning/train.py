@@ -149,10 +149,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best_auc, best_epoch, history = -1.0, 0, []
   for epoch in range(1, config.epochs + 1):
     losses = []
-    for _ in tqdm(range(steps), desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
-                  disable=not config.progress):
+    bar = tqdm(range(steps), desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
+               disable=not config.progress)
+    for _ in bar:
       state, metrics = train_step(state, jax.device_put(next(batches), data_sharding))
       losses.append(metrics["loss"])
+      if len(losses) > 1:  # waiting on the previous step keeps one step in flight
+        bar.set_postfix(loss=f"{float(losses[-2]):.4f}", refresh=False)
     val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
     history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": val["auc"]})
     if val["auc"] > best_auc:

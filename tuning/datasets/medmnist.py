@@ -84,12 +84,11 @@ def load(
   directory = _data_dir(data_dir)
   path = directory / f"{name}.npz"
   if not path.is_file():
+    found = f"found in {directory}: {', '.join(available(directory)) or 'nothing'}"
     if not download:
-      found = ", ".join(available(directory)) or "nothing"
       raise FileNotFoundError(
-          f"unknown dataset {name!r}: {path} does not exist and download is "
-          f"off; found in {directory}: {found}")
-    _download(URL.format(name=name), path)
+          f"unknown dataset {name!r}: {path} does not exist and download is off; {found}")
+    _download(URL.format(name=name), path, found)
   arrays = _read_npz(path)
   splits = {s: _split(path, s, arrays) for s in SPLITS}
   num_classes = int(max(split.labels.max() for split in splits.values())) + 1
@@ -117,13 +116,13 @@ def subsample(split: Split, fraction: float, seed: int) -> Split:
   return Split(images=split.images[index], labels=split.labels[index])
 
 
-def _download(url: str, path: pathlib.Path) -> None:
+def _download(url: str, path: pathlib.Path, found: str) -> None:
   try:
     download.download(url, path)
   except OSError as e:  # URLError, HTTPError and timeouts are OSErrors.
     raise RuntimeError(
         f"dataset file {path} does not exist and downloading it from {url} "
-        f"failed ({e}); put the .npz file there, or point TUNING_DATA_DIR or "
+        f"failed ({e}); {found}. Put the .npz file there, or point TUNING_DATA_DIR or "
         "config.data_dir at a directory that has it") from e
 
 
