@@ -8,8 +8,10 @@ official 624-image test split.
   TUNING_DATA_DIR=../shared/data TUNING_WEIGHTS_DIR=../shared/weights \
     tuning sweep --config configs/demo.py --workdir runs/demo
 
-Sized for a 2-core CPU (see README for the measured time and table): 64 px
-inputs (the 28 px images upsampled), a stratified 25 % of the training split.
+Sized for a 2-core CPU: 64 px inputs (the 28 px images upsampled), a stratified
+25 % of the training split (1,178 images), at most 10 epochs. Measured 2026-11-24
+on 2 cores: 400 s for the sweep; test AUC scratch 0.9537, head 0.8969,
+from:block6 0.9265, from:block4 0.9658, all 0.9521 (seed 0; README has the table).
 """
 from tuning.config import defaults
 
