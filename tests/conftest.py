@@ -1,8 +1,10 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import io
 import os
 import pathlib
+import urllib.request
 
 import pytest
 
@@ -22,3 +24,22 @@ def shared_data_dir() -> pathlib.Path:
         f"shared data dir {path} does not exist; set TUNING_DATA_DIR to a "
         "directory holding pneumoniamnist.npz and retinamnist.npz")
   return path
+
+
+@pytest.fixture
+def serve_url(monkeypatch):
+  """Answers every `urllib.request.urlopen` with `payload`; no test touches the network.
+
+  Call it with the bytes to serve; it returns the list the requested URLs go into.
+  """
+  def serve(payload: bytes) -> list[str]:
+    requested = []
+    def urlopen(url, timeout):
+      del timeout
+      requested.append(url)
+      response = io.BytesIO(payload)
+      response.headers = {"Content-Length": str(len(payload))}
+      return response
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return requested
+  return serve

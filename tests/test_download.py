@@ -1,7 +1,5 @@
 """The one download path: atomic, and checked against torchvision's hash-in-name."""
 import hashlib
-import io
-import urllib.request
 
 import pytest
 
@@ -12,16 +10,8 @@ DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
 @pytest.fixture
-def served(monkeypatch):
-  requested = []
-  def serve(url, timeout):
-    del timeout
-    requested.append(url)
-    response = io.BytesIO(PAYLOAD)
-    response.headers = {"Content-Length": str(len(PAYLOAD))}
-    return response
-  monkeypatch.setattr(urllib.request, "urlopen", serve)
-  return requested
+def served(serve_url):
+  return serve_url(PAYLOAD)
 
 
 def test_downloads_once_and_checks_the_hash_prefix_in_the_name(tmp_path, served):

@@ -138,19 +138,11 @@ def test_failed_download_names_path_url_and_fix(tmp_path, monkeypatch):
   assert not list((tmp_path / "sub").iterdir())
 
 
-def test_download_writes_file_then_loads(tmp_path, monkeypatch):
+def test_download_writes_file_then_loads(tmp_path, serve_url):
   buffer = io.BytesIO()
   np.savez(buffer, **_arrays())
   payload = buffer.getvalue()
-  requested = []
-
-  def serve(url, timeout):
-    del timeout
-    requested.append(url)
-    response = io.BytesIO(payload)
-    response.headers = {"Content-Length": str(len(payload))}
-    return response
-  monkeypatch.setattr(urllib.request, "urlopen", serve)
+  requested = serve_url(payload)
   ds = medmnist.load("toy", tmp_path)
   assert requested == ["https://zenodo.org/records/10519652/files/toy.npz?download=1"]
   assert [p.name for p in tmp_path.iterdir()] == ["toy.npz"]
