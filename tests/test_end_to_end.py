@@ -40,6 +40,9 @@ def test_sweep_on_real_data_writes_results_and_report_and_resumes(tmp_path, shar
     assert FIELDS <= set(r), FIELDS - set(r)
     assert r["dataset"] == "pneumoniamnist" and r["arch"] == "mobilenet_v2"
     assert 0.0 <= r["test_auc"] <= 1.0 and 1 <= r["best_epoch"] <= 2
+    # val_auc is recomputed from the restored orbax checkpoint: it must be the best epoch's.
+    assert r["val_auc"] == max(h["val_auc"] for h in r["history"])
+    assert r["val_auc"] == r["history"][r["best_epoch"] - 1]["val_auc"]
   trainable = {r["scheme"]: r["n_trainable_params"] for r in results}
   assert trainable["head"] == 1280 * 2 + 2
   assert trainable["head"] < trainable["from:block7"] < trainable["all"] == trainable["scratch"]

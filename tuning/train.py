@@ -166,12 +166,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.wait_until_finished()
   state = checkpoints.restore(best_epoch, args=ocp.args.StandardRestore(state))
   checkpoints.close()
+  # Recomputed from the restored checkpoint: the row then proves the model tested is the best one.
+  val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
   test = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.test), data_sharding))
 
   result = {
       "dataset": config.dataset, "arch": config.arch, "scheme": config.scheme,
       "train_fraction": config.train_fraction, "seed": config.seed,
-      "test_auc": test["auc"], "test_acc": test["acc"], "val_auc": best_auc,
+      "test_auc": test["auc"], "test_acc": test["acc"], "val_auc": val["auc"],
       "best_epoch": best_epoch, "epochs_run": len(history),
       "wall_s": round(time.perf_counter() - start, 2),
       "n_trainable_params": depth.count_trainable(variables["params"], labels),
