@@ -8,6 +8,7 @@ the `batch_stats` mean/var.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -72,14 +73,13 @@ def _resnet_modules(path: tuple[str, ...]) -> tuple[str, str]:
   return f"{prefix}.{name}", f"{prefix}.bn{name.removeprefix('conv')}"
 
 
-# arch -> (module prefixes of a Flax ConvNormAct path, prefix of the classifier).
-_ARCHS: dict[str, tuple[Callable[[tuple[str, ...]], tuple[str, str]], str]] = {
-    "mobilenet_v2": (_mobilenet_v2_modules, "classifier.1"),
-    "resnet18": (_resnet_modules, "fc"),
-}
+def _conv_bn_links(expected, classifier: str,
+                   modules: Callable[[tuple[str, ...]], tuple[str, str]]) -> dict[tuple[str, ...], Link]:
+  """Links for models built from `ConvNormAct`s and a `ClassifierHead`.
 
-
-def _links(expected, modules, classifier: str) -> dict[tuple[str, ...], Link]:
+  `modules` maps a ConvNormAct's Flax path to its torch (conv, bn) prefixes;
+  `classifier` is the torch prefix of the final linear layer.
+  """
   links = {}
   for path in expected:
     collection, *module, layer, leaf = path
@@ -90,6 +90,14 @@ def _links(expected, modules, classifier: str) -> dict[tuple[str, ...], Link]:
       which, torch_leaf, perm = _LEAVES[(collection, layer, leaf)]
       links[path] = Link(f"{modules(tuple(module))[which]}.{torch_leaf}", perm)
   return links
+
+
+# arch -> (links(expected variables, classifier) of the Flax variables to torch keys,
+# the torch prefix of the classifier, whose weight shape gives the number of classes).
+_ARCHS: dict[str, tuple[Callable[[dict, str], dict[tuple[str, ...], Link]], str]] = {
+    "mobilenet_v2": (functools.partial(_conv_bn_links, modules=_mobilenet_v2_modules), "classifier.1"),
+    "resnet18": (functools.partial(_conv_bn_links, modules=_resnet_modules), "fc"),
+}
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -123,13 +131,13 @@ def from_torchvision(
     name, state = os.fspath(source), load_state_dict(source)
   else:
     name, state = "the state dict given", {k: _as_numpy(v) for k, v in source.items()}
-  modules, classifier = _ARCHS[arch]
+  links, classifier = _ARCHS[arch]
   weight = state.get(f"{classifier}.weight")
   num_classes = weight.shape[0] if weight is not None and weight.ndim == 2 else 1000
   model = models.create(arch, num_classes)
   expected = expected_variables(model)
   variables = check_and_build(
-      expected, _links(expected, modules, classifier), state, name,
+      expected, links(expected, classifier), state, name,
       target=f"torchvision {arch} with {num_classes} classes",
       unused_ok=lambda key: key.endswith(".num_batches_tracked"))
   return model, variables, TORCHVISION
