@@ -86,8 +86,8 @@ def test_out_of_range_is_named(key, value, expected):
 
 
 def test_unknown_arch_lists_the_known():
-  message = _error(arch="vgg16")
-  assert "config.arch = 'vgg16'" in message
+  message = _error(arch="vgg99")
+  assert "config.arch = 'vgg99'" in message
   assert "'mobilenet_v2'" in message and "'resnet18'" in message
 
 

@@ -143,3 +143,14 @@ def test_steps_per_epoch():
   assert input_pipeline.steps_per_epoch(4708, 32) == 147
   assert input_pipeline.steps_per_epoch(32, 32) == 1
   assert input_pipeline.steps_per_epoch(31, 32) == 0
+
+
+def test_start_epoch_continues_the_same_sequence():
+  """A resumed run must see exactly the batches an uninterrupted one would."""
+  split = _indexed_split(40)
+  kw = dict(batch_size=8, image_size=4, preprocess=IDENTITY, seed=3)
+  full = [b["label"] for b in input_pipeline.train_batches(split, num_epochs=3, **kw)]
+  resumed = [b["label"] for b in input_pipeline.train_batches(split, num_epochs=3, start_epoch=2, **kw)]
+  assert len(resumed) == 5
+  for got, want in zip(resumed, full[10:]):
+    np.testing.assert_array_equal(got, want)

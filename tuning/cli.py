@@ -7,7 +7,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tuning import report, sweep, train
+from tuning import report, sweep
 
 # New keys are accepted here so that `config.validate` reports them, with a suggestion.
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,12 +29,8 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    if argv[1] == "train":
-      os.makedirs(workdir, exist_ok=True)
-      row = train.train_and_evaluate(config, workdir)
-      print(f"{train.run_name(config)}: test AUC {row['test_auc']:.4f}, acc {row['test_acc']:.4f}")
-    else:
-      sweep.run_sweep(config, workdir)
+    schemes = (config.scheme,) if argv[1] == "train" else config.schemes
+    sweep.run_schemes(config, workdir, schemes)
     path = report.write_report(workdir)
   # User errors: the message, not a traceback. RuntimeError: a failed dataset download;
   # OSError: e.g. an unreadable --config file (ml_collections defers that error until here).

@@ -47,12 +47,15 @@ def train_batches(
     preprocess: Preprocess,
     seed: int,
     num_epochs: int | None = None,
+    start_epoch: int = 0,
 ) -> grain.IterDataset:
   """Shuffled `{"image": f32 (B, S, S, 3), "label": i32 (B,)}` batches.
 
   Each epoch is a fresh permutation derived from `seed` and drops its last
   partial batch, so every step sees a full batch and epochs never mix.
-  `num_epochs=None` repeats forever.
+  `num_epochs=None` repeats forever. `start_epoch` skips whole epochs without
+  reading them (random access), so a resumed run sees the batches an
+  uninterrupted one would.
   """
   n = len(split.labels)
   if not 0 < batch_size <= n:
@@ -62,7 +65,7 @@ def train_batches(
       grain.MapDataset.range(n)
       .shuffle(seed=_shuffle_seed(seed))
       .batch(batch_size, drop_remainder=True)
-      .repeat(num_epochs)
+      .repeat(num_epochs)[start_epoch * steps_per_epoch(n, batch_size):]
       .map(functools.partial(
           _examples, split, image_size=image_size, preprocess=preprocess))
       .to_iter_dataset(_READ_OPTIONS))

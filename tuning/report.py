@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Iterable
 
 RESULTS, REPORT = "results.jsonl", "report.md"
@@ -16,8 +17,16 @@ def read_results(workdir: str) -> list[dict]:
   path = os.path.join(workdir, RESULTS)
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # torn by a crash mid-write; the run is redone
+        warnings.warn(f"{path}:{number}: skipping a line that is not complete JSON")
+  return rows
 
 
 def depth_order(row: dict) -> tuple:

@@ -12,12 +12,16 @@ from tuning import report, train
 RUN_KEY = ("dataset", "arch", "weights", "scheme", "train_fraction", "seed")
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs every scheme in `config.schemes`; returns all result rows of the workdir."""
+def run_schemes(config: ml_collections.ConfigDict, workdir: str, schemes) -> list[dict]:
+  """Runs `config` once per scheme, skipping those already in the results.
+
+  An interrupted run resumes from its last epoch checkpoint (`train.resume`).
+  Returns all result rows of the workdir.
+  """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   done = {tuple(row[k] for k in RUN_KEY) for row in report.read_results(workdir)}
-  for scheme in tqdm(config.schemes, desc="sweep", disable=not config.progress):
+  for scheme in tqdm(schemes, desc="sweep", disable=not config.progress or len(schemes) == 1):
     run_config = config.copy_and_resolve_references()
     run_config.scheme = scheme
     if tuple(run_config[k] for k in RUN_KEY) in done:
@@ -28,3 +32,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                f"acc {row['test_acc']:.4f}, {row['wall_s']:.0f} s")
     report.write_report(workdir)
   return report.read_results(workdir)
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every scheme in `config.schemes`."""
+  return run_schemes(config, workdir, config.schemes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from typing import Any, Callable, Iterable
 
@@ -57,7 +56,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rng: jax.A
   variables = jax.jit(lambda r: model.init(r, jnp.zeros(shape), train=False))(rng)
   variables = jax.tree.map(np.asarray, variables)
   if scheme.pretrained:
-    variables = pretrained.transplant(source_vars, variables, reinit=("head",))
+    variables = pretrained.transplant(source_vars, variables, reinit=(block_names[-1],))
   return model, variables, preprocess, scheme
 
 
@@ -139,15 +138,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       split, batch_size=config.batch_size, image_size=config.image_size, preprocess=preprocess)
 
   name = run_name(config)
-  checkpoint_dir = os.path.abspath(os.path.join(workdir, "checkpoints", name))
-  shutil.rmtree(checkpoint_dir, ignore_errors=True)  # an unfinished earlier attempt
-  checkpoints = ocp.CheckpointManager(
-      checkpoint_dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  latest, best = (ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints", name, kind)),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)) for kind in ("latest", "best"))
+  state, progress = resume(latest, state, config)
+  resumed_at = progress["epoch"]
   batches = iter(input_pipeline.train_batches(
       train_split, batch_size=config.batch_size, image_size=config.image_size,
-      preprocess=preprocess, seed=config.seed))
-  best_auc, best_epoch, history = -1.0, 0, []
-  for epoch in range(1, config.epochs + 1):
+      preprocess=preprocess, seed=config.seed, start_epoch=progress["epoch"]))
+  for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+    if progress["epoch"] - progress["best_epoch"] >= config.patience:
+      break  # stopped early before an interruption
     losses = []
     bar = tqdm(range(steps), desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
                disable=not config.progress)
@@ -157,15 +158,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if len(losses) > 1:  # waiting on the previous step keeps one step in flight
         bar.set_postfix(loss=f"{float(losses[-2]):.4f}", refresh=False)
     val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
-    history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": val["auc"]})
-    if val["auc"] > best_auc:
-      best_auc, best_epoch = val["auc"], epoch
-      checkpoints.save(epoch, args=ocp.args.StandardSave(state))
-    elif epoch - best_epoch >= config.patience:
-      break
-  checkpoints.wait_until_finished()
-  state = checkpoints.restore(best_epoch, args=ocp.args.StandardRestore(state))
-  checkpoints.close()
+    progress["history"].append(
+        {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": val["auc"]})
+    if val["auc"] > progress["best_auc"]:
+      progress.update(best_auc=val["auc"], best_epoch=epoch)
+      if epoch not in best.all_steps():  # saved already if killed before `latest` below
+        best.save(epoch, args=ocp.args.StandardSave(state))
+    progress["epoch"] = epoch
+    # `best` first, then `latest`: a kill between the two only repeats this epoch.
+    best.wait_until_finished()
+    latest.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
+    latest.wait_until_finished()
+  best_epoch, history = progress["best_epoch"], progress["history"]
+  state = best.restore(best_epoch, args=ocp.args.StandardRestore(state))
+  latest.close()
+  best.close()
   # Recomputed from the restored checkpoint: the row then proves the model tested is the best one.
   val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
   test = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.test), data_sharding))
@@ -175,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "train_fraction": config.train_fraction, "seed": config.seed,
       "test_auc": test["auc"], "test_acc": test["acc"], "val_auc": val["auc"],
       "best_epoch": best_epoch, "epochs_run": len(history),
-      "wall_s": round(time.perf_counter() - start, 2),
+      "wall_s": round(time.perf_counter() - start, 2), "resumed_at_epoch": resumed_at,
       "n_trainable_params": depth.count_trainable(variables["params"], labels),
       "n_params": int(sum(np.size(p) for p in jax.tree.leaves(variables["params"]))),
       "n_train": int(len(train_split.labels)), "image_size": config.image_size,
@@ -186,8 +194,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
+# Settings that may change between an interruption and its resume: where files are, bars.
+_RESUME_IGNORES = ("data_dir", "weights_dir", "progress")
+
+
+def _comparable(config: ml_collections.ConfigDict) -> dict:
+  """The config as JSON would give it back (tuples become lists), minus `_RESUME_IGNORES`."""
+  return {k: v for k, v in json.loads(config.to_json()).items() if k not in _RESUME_IGNORES}
+
+
+def tree_signature(tree: Any) -> dict[str, str]:
+  """`{leaf path: "shape dtype"}`, to tell a checkpoint of another model by name."""
+  return {jax.tree_util.keystr(path): f"{np.shape(leaf)} {jnp.result_type(leaf)}"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def resume(latest: ocp.CheckpointManager, state: State, config: ml_collections.ConfigDict
+           ) -> tuple[State, dict]:
+  """The run's state and progress from its last epoch checkpoint, or a fresh start.
+
+  Progress is the epoch, the early-stopping record and the history; with the
+  state (params, batch_stats, optimizer state, step, from which the dropout RNG
+  and the data position follow) a resumed run continues bit-identically. A
+  checkpoint from a different config or model is refused, naming what differs.
+  """
+  fresh = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "history": [],
+           "config": _comparable(config), "tree": tree_signature(state)}
+  step = latest.latest_step()
+  if step is None:
+    return state, fresh
+  directory = latest.directory / str(step)
+  saved = latest.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+  differs = sorted(k for k in set(saved["config"]) | set(fresh["config"])
+                   if saved["config"].get(k) != fresh["config"].get(k))
+  if differs:
+    raise ValueError(
+        f"checkpoint {directory} was written by a different config; it differs in " + ", ".join(
+            f"{k} (checkpoint {saved['config'].get(k)!r}, now {fresh['config'].get(k)!r})"
+            for k in differs) + "; use another --workdir or delete that checkpoint")
+  want, have = fresh["tree"], saved["tree"]
+  differs = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+  if differs:
+    raise ValueError(
+        f"checkpoint {directory} holds another state tree; it differs in {len(differs)} leaves, e.g. "
+        + ", ".join(f"{k} (checkpoint {have.get(k)}, now {want.get(k)})" for k in differs[:5])
+        + "; use another --workdir or delete that checkpoint")
+  restored = latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))
+  return restored["state"], saved
+
+
 def append_result(path: str, row: dict) -> None:
-  """Appends one JSON line in a single write, so a killed run never leaves half a line."""
-  with open(path, "a", encoding="utf-8") as f:
-    f.write(json.dumps(row, sort_keys=True) + "\n")
-    f.flush()
+  """Appends one JSON line with a single O_APPEND write, then fsyncs.
+
+  One write per line means concurrent writers never interleave within a line,
+  and a kill leaves at most one torn last line, which `report.read_results` skips
+  and the next append starts a new line after.
+  """
+  fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    os.write(fd, (("\n" if torn else "") + json.dumps(row, sort_keys=True) + "\n").encode())
+    os.fsync(fd)
+  finally:
+    os.close(fd)

@@ -1,0 +1,90 @@
+"""Killed runs lose nothing: kill -9 mid-run, rerun the same command, get the same result."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tuning import report, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TUNING = pathlib.Path(sys.executable).parent / "tuning"
+RUN = "pneumoniamnist-mobilenet_v2-from_conv_last-f0.1-s0"
+OVERRIDES = ["--config.scheme=from:conv_last", "--config.image_size=32", "--config.train_fraction=0.1",
+             "--config.epochs=3", "--config.patience=3", "--config.batch_size=16",
+             "--config.progress=false"]
+
+
+def command(workdir, *extra):
+  return [str(TUNING), "train", "--config", str(REPO / "configs" / "demo.py"), *OVERRIDES, *extra,
+          "--workdir", str(workdir)]
+
+
+def env(shared_data_dir):
+  return {**os.environ, "TUNING_DATA_DIR": str(shared_data_dir),
+          "TUNING_WEIGHTS_DIR": str(shared_data_dir.parent / "weights")}
+
+
+def finish(workdir, shared_data_dir, *extra):
+  proc = subprocess.run(command(workdir, *extra), env=env(shared_data_dir), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def kill_when(workdir, shared_data_dir, path):
+  """Starts a run and SIGKILLs it as soon as `path` (under the workdir) exists."""
+  proc = subprocess.Popen(command(workdir), env=env(shared_data_dir),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  while not (workdir / path).exists():
+    assert proc.poll() is None, "the run ended before it could be killed"
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
+def comparable(row):
+  return {k: v for k, v in row.items() if k not in ("wall_s", "resumed_at_epoch")}
+
+
+def test_killed_runs_resume_bit_identically_and_finished_runs_are_not_redone(
+    tmp_path, shared_data_dir):
+  reference = tmp_path / "uninterrupted"
+  finish(reference, shared_data_dir)
+  workdir = tmp_path / "killed"
+  kill_when(workdir, shared_data_dir, f"checkpoints/{RUN}/latest/1")  # after epoch 1
+
+  # A different config must not silently continue this run.
+  refused = subprocess.run(command(workdir, "--config.lr=0.5"), env=env(shared_data_dir),
+                           capture_output=True, text=True, timeout=600)
+  assert refused.returncode != 0 and "Traceback" not in refused.stderr
+  assert "differs in lr (checkpoint 0.001, now 0.5)" in refused.stderr
+
+  kill_when(workdir, shared_data_dir, f"checkpoints/{RUN}/latest/2")  # resumed, killed again
+  assert not (workdir / "results.jsonl").exists()
+  finish(workdir, shared_data_dir)
+  rows = report.read_results(str(workdir))
+  assert len(rows) == 1 and rows[0]["resumed_at_epoch"] == 2
+  assert comparable(rows[0]) == comparable(report.read_results(str(reference))[0])
+
+  again = finish(workdir, shared_data_dir)
+  assert "already in results, skipped" in again.stdout + again.stderr
+  assert len(report.read_results(str(workdir))) == 1
+
+
+def test_a_torn_last_line_is_skipped_and_the_next_row_starts_a_new_line(tmp_path):
+  path = tmp_path / "results.jsonl"
+  train.append_result(str(path), {"scheme": "head"})
+  with open(path, "a") as f:
+    f.write('{"scheme": "al')  # a crash mid-write
+  train.append_result(str(path), {"scheme": "all"})
+  with pytest.warns(UserWarning, match="results.jsonl:2: skipping"):
+    rows = report.read_results(str(tmp_path))
+  assert [r["scheme"] for r in rows] == ["head", "all"]
+  assert json.loads(path.read_text().splitlines()[-1]) == {"scheme": "all"}
