@@ -88,3 +88,11 @@ def test_a_torn_last_line_is_skipped_and_the_next_row_starts_a_new_line(tmp_path
     rows = report.read_results(str(tmp_path))
   assert [r["scheme"] for r in rows] == ["head", "all"]
   assert json.loads(path.read_text().splitlines()[-1]) == {"scheme": "all"}
+
+
+def test_a_diverging_run_is_recorded_not_crashed(tmp_path, shared_data_dir):
+  proc = finish(tmp_path, shared_data_dir, "--config.lr=1e30", "--config.epochs=1")
+  assert "diverged at epoch 1" in proc.stdout + proc.stderr
+  (row,) = report.read_results(str(tmp_path))
+  assert row["diverged_at_epoch"] == 1 and row["test_auc"] is None and row["best_epoch"] == 0
+  assert "Diverged (non-finite loss" in (tmp_path / "report.md").read_text()

@@ -39,19 +39,24 @@ def table(rows: Iterable[dict]) -> str:
   lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |",
            "|" + "|".join("---" for _ in COLUMNS) + "|"]
   for row in sorted(rows, key=depth_order):
-    lines.append("| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |")
+    lines.append("| " + " | ".join("—" if row[key] is None else fmt.format(row[key])
+                                   for _, key, fmt in COLUMNS) + " |")
   return "\n".join(lines)
 
 
 def verdict(rows: list[dict]) -> str:
   """Scratch against the fine-tuned scheme chosen on validation AUC (not on test)."""
+  diverged = [f"`{r['scheme']}` at epoch {r['diverged_at_epoch']}" for r in rows
+              if r.get("diverged_at_epoch")]
+  note = f"Diverged (non-finite loss; best epoch before it reported): {', '.join(diverged)}. " if diverged else ""
+  rows = [r for r in rows if r["test_auc"] is not None]
   scratch = [r for r in rows if r["scheme"] == "scratch"]
   tuned = [r for r in rows if r["scheme"] != "scratch"]
   if not scratch or not tuned:
-    return ""
+    return note
   best = max(tuned, key=lambda r: r["val_auc"])
   gap = best["test_auc"] - scratch[0]["test_auc"]
-  return (f"Best fine-tuning depth on validation AUC: `{best['scheme']}` "
+  return note + (f"Best fine-tuning depth on validation AUC: `{best['scheme']}` "
           f"(test AUC {best['test_auc']:.4f}); scratch: {scratch[0]['test_auc']:.4f} "
           f"({'+' if gap >= 0 else ''}{gap:.4f} for fine-tuning). Single seed, no "
           "confidence intervals: treat differences under ~0.01 AUC as noise.")

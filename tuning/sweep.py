@@ -28,8 +28,10 @@ def run_schemes(config: ml_collections.ConfigDict, workdir: str, schemes) -> lis
       tqdm.write(f"{train.run_name(run_config)}: already in results, skipped")
       continue
     row = train.train_and_evaluate(run_config, workdir)
-    tqdm.write(f"{train.run_name(run_config)}: test AUC {row['test_auc']:.4f}, "
-               f"acc {row['test_acc']:.4f}, {row['wall_s']:.0f} s")
+    outcome = (f"diverged at epoch {row['diverged_at_epoch']}; " if row["diverged_at_epoch"] else "")
+    if row["test_auc"] is not None:
+      outcome += f"test AUC {row['test_auc']:.4f}, acc {row['test_acc']:.4f}, "
+    tqdm.write(f"{train.run_name(run_config)}: {outcome}{row['wall_s']:.0f} s")
     report.write_report(workdir)
   return report.read_results(workdir)
 

@@ -157,9 +157,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       losses.append(metrics["loss"])
       if len(losses) > 1:  # waiting on the previous step keeps one step in flight
         bar.set_postfix(loss=f"{float(losses[-2]):.4f}", refresh=False)
+    train_loss = float(np.mean(losses))
+    if not np.isfinite(train_loss):  # diverged: keep the last good checkpoints, record it
+      progress["diverged_at_epoch"] = epoch
+      break
     val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
-    progress["history"].append(
-        {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auc": val["auc"]})
+    progress["history"].append({"epoch": epoch, "train_loss": train_loss, "val_auc": val["auc"]})
     if val["auc"] > progress["best_auc"]:
       progress.update(best_auc=val["auc"], best_epoch=epoch)
       if epoch not in best.all_steps():  # saved already if killed before `latest` below
@@ -171,12 +174,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
     latest.wait_until_finished()
   best_epoch, history = progress["best_epoch"], progress["history"]
-  state = best.restore(best_epoch, args=ocp.args.StandardRestore(state))
+  val = test = {"auc": None, "acc": None}  # diverged before any epoch finished
+  if best_epoch:
+    state = best.restore(best_epoch, args=ocp.args.StandardRestore(state))
+    # Recomputed from the restored checkpoint: the row proves the model tested is the best one.
+    val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
+    test = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.test), data_sharding))
   latest.close()
   best.close()
-  # Recomputed from the restored checkpoint: the row then proves the model tested is the best one.
-  val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
-  test = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.test), data_sharding))
 
   result = {
       "dataset": config.dataset, "arch": config.arch, "scheme": config.scheme,
@@ -184,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "test_auc": test["auc"], "test_acc": test["acc"], "val_auc": val["auc"],
       "best_epoch": best_epoch, "epochs_run": len(history),
       "wall_s": round(time.perf_counter() - start, 2), "resumed_at_epoch": resumed_at,
+      "diverged_at_epoch": progress.get("diverged_at_epoch"),
       "n_trainable_params": depth.count_trainable(variables["params"], labels),
       "n_params": int(sum(np.size(p) for p in jax.tree.leaves(variables["params"]))),
       "n_train": int(len(train_split.labels)), "image_size": config.image_size,
