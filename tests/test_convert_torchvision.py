@@ -101,10 +101,13 @@ def torch():
   return pytest.importorskip("torch", reason="torch builds the reference torchvision models")
 
 
-def _random_model(torch, arch, num_classes):
-  """A reference model in eval mode whose BatchNorms all matter (random affine and stats)."""
+def _random_model(torch, arch, num_classes, references=_torchvision_models):
+  """A reference model in eval mode whose BatchNorms all matter (random affine and stats).
+
+  `references(torch.nn)` gives the reference model classes by arch.
+  """
   torch.manual_seed(0)
-  model = _torchvision_models(torch.nn)[arch](num_classes)
+  model = references(torch.nn)[arch](num_classes)
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, torch.nn.BatchNorm2d):

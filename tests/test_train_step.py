@@ -10,9 +10,11 @@ from tuning import depth, models, train
 SIZE = 32
 
 
-def setup(arch, scheme, num_classes=3):
-  model = models.create(arch, num_classes)
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, SIZE, SIZE, 3))))(jax.random.key(0))
+def setup(arch, scheme, num_classes=3, size=SIZE, **model_kwargs):
+  model = models.create(arch, num_classes, **model_kwargs)
+  # `unsafe_rbg`: the init compiles 3-4x faster than with threefry on CPU.
+  rng = jax.random.key(0, impl="unsafe_rbg")
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3))))(rng)
   blocks = type(model).block_names
   trainable_from = depth.parse_scheme(scheme, blocks).trainable_from
   labels = depth.param_labels(variables["params"], blocks, trainable_from)
@@ -22,9 +24,9 @@ def setup(arch, scheme, num_classes=3):
   return model, train.create_train_state(variables, tx), step, blocks[:trainable_from]
 
 
-def batches(n, num_classes=3, batch=4):
+def batches(n, num_classes=3, batch=4, size=SIZE):
   rng = np.random.default_rng(0)
-  return [{"image": jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32),
+  return [{"image": jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)} for _ in range(n)]
 
 

@@ -44,3 +44,7 @@ TORCHVISION = Preprocess(
     "torchvision", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 # TensorFlow MobileNet / Inception weights (TFLite, Keras `mode="tf"`): x/127.5 - 1.
 MINUS_ONE_TO_ONE = Preprocess("minus_one_to_one", mean=(127.5,) * 3, std=(127.5,) * 3)
+# BVLC Caffe weights (AlexNet): BGR in 0..255 minus a mean, in BGR order as the
+# weights see it. Caffe subtracted its ILSVRC-2012 mean image, whose channel
+# means (104.0, 116.7, 122.7) are the usual per-channel stand-in, here rounded.
+CAFFE_IMAGENET = Preprocess("caffe_imagenet", mean=(104.0, 117.0, 123.0), std=(1.0,) * 3, bgr=True)

@@ -43,9 +43,10 @@ class ConversionError(ValueError):
 def expected_variables(model: nn.Module) -> dict[Path, jax.ShapeDtypeStruct]:
   """Flattened `{(collection, *path): shape}` of `model`'s variables, computing none.
 
-  The input size does not matter: every model ends in global pooling.
+  Every model ends in global or adaptive pooling, so any input size they all
+  accept gives the same shapes; ImageNet's 224 px is one (AlexNet needs 67).
   """
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
   return traverse_util.flatten_dict(shapes)
 
 

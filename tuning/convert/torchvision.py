@@ -1,4 +1,4 @@
-"""Converts torchvision ImageNet checkpoints (MobileNetV2, ResNet-18) to the Flax models.
+"""Converts torchvision ImageNet checkpoints to the Flax models.
 
 The Flax models mirror torchvision's modules one to one, so a checkpoint maps
 onto them by name: each conv kernel is moved from OIHW to HWIO (which also takes
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,11 +22,17 @@ from tuning.download import download
 from tuning.convert.common import Link, check_and_build, expected_variables
 from tuning.convert.torch_pickle import load_state_dict
 from tuning.models.mobilenet_v2 import STAGES
+from tuning.models.vgg import VGG16, VGG19
 from tuning.preprocess import TORCHVISION, Preprocess
 
 URLS = {
+    "alexnet": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     "mobilenet_v2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
 }
 
 _OIHW_TO_HWIO = (2, 3, 1, 0)
@@ -73,11 +80,36 @@ def _resnet_modules(path: tuple[str, ...]) -> tuple[str, str]:
   return f"{prefix}.{name}", f"{prefix}.bn{name.removeprefix('conv')}"
 
 
+def _densenet_modules(path: tuple[str, ...]) -> tuple[str | None, str]:
+  """torchvision (conv, bn) prefixes of a `ConvNormAct` or `NormActConv` of the Flax DenseNet.
+
+  The last block's own BatchNorm is `features.norm5`, the one without a conv (None).
+  """
+  if path == ("stem", "conv"):
+    return "features.conv0", "features.norm0"
+  block, *rest = path
+  k = block.removeprefix("block")
+  if not rest:
+    return None, "features.norm5"
+  if rest == ["transition"]:
+    return f"features.transition{k}.conv", f"features.transition{k}.norm"
+  layer, name = rest
+  prefix = f"features.denseblock{k}.denselayer{int(layer.removeprefix('layer')) + 1}"
+  return f"{prefix}.{name}", f"{prefix}.norm{name.removeprefix('conv')}"
+
+
+# torchvision's dense layers once named their modules "norm.1", "conv.2", ..., and
+# its published checkpoints (densenet121-a639ec97.pth) still use these keys; torchvision
+# renames them to "norm1", "conv2", ... on load with this pattern, and so do we.
+_OLD_DENSE_LAYER_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
 def _conv_bn_links(expected, classifier: str,
                    modules: Callable[[tuple[str, ...]], tuple[str, str]]) -> dict[tuple[str, ...], Link]:
-  """Links for models built from `ConvNormAct`s and a `ClassifierHead`.
+  """Links for models built from `ConvNormAct`s (or `NormActConv`s) and a `ClassifierHead`.
 
-  `modules` maps a ConvNormAct's Flax path to its torch (conv, bn) prefixes;
+  `modules` maps such a layer's Flax path to its torch (conv, bn) prefixes;
   `classifier` is the torch prefix of the final linear layer.
   """
   links = {}
@@ -92,12 +124,66 @@ def _conv_bn_links(expected, classifier: str,
   return links
 
 
+# torchvision AlexNet's module of each Flax block but fc8 (the classifier): the convs'
+# indices in its `features` and the linear layers' in its `classifier` Sequential.
+_ALEXNET_MODULES = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
+                    "conv4": "features.8", "conv5": "features.10",
+                    "fc6": "classifier.1", "fc7": "classifier.4"}
+
+
+def _alexnet_links(expected, classifier: str) -> dict[tuple[str, ...], Link]:
+  """Links for the Flax AlexNet, each block of which is one torch conv or linear layer."""
+  modules = {**_ALEXNET_MODULES, "fc8": classifier}
+  links = {}
+  for path, shape in expected.items():
+    _, block, _, leaf = path  # e.g. ("params", "conv1", "conv", "kernel")
+    if leaf == "bias":
+      links[path] = Link(f"{modules[block]}.bias")
+    else:
+      links[path] = Link(f"{modules[block]}.weight",
+                         _OIHW_TO_HWIO if len(shape.shape) == 4 else (1, 0))
+  return links
+
+
+def _vgg_links(expected, classifier: str, depths: tuple[int, ...]) -> dict[tuple[str, ...], Link]:
+  """Links for the Flax VGG with `depths` convs per block.
+
+  torchvision's `features` Sequential numbers every conv, ReLU and max-pool, so
+  conv j of block b is `features.{2j + sum(2d + 1 for the d convs of each earlier
+  block)}`; fc6 and fc7 are `classifier.0` and `classifier.3` (each followed by a
+  ReLU and a dropout) and the final layer is `classifier` (`classifier.6`).
+  """
+  first = [sum(2 * d + 1 for d in depths[:b]) for b in range(len(depths))]
+  fully_connected = {"fc6": "classifier.0", "fc7": "classifier.3", "head": classifier}
+  links = {}
+  for path in expected:
+    _, block, layer, leaf = path
+    if block in fully_connected:
+      prefix, perm = fully_connected[block], (1, 0)
+    else:
+      b, j = int(block.removeprefix("block")) - 1, int(layer.removeprefix("conv"))
+      prefix, perm = f"features.{first[b] + 2 * j}", _OIHW_TO_HWIO
+    links[path] = Link(f"{prefix}.{'weight' if leaf == 'kernel' else leaf}",
+                       perm if leaf == "kernel" else None)
+  return links
+
+
 # arch -> (links(expected variables, classifier) of the Flax variables to torch keys,
 # the torch prefix of the classifier, whose weight shape gives the number of classes).
 _ARCHS: dict[str, tuple[Callable[[dict, str], dict[tuple[str, ...], Link]], str]] = {
+    "alexnet": (_alexnet_links, "classifier.6"),
     "mobilenet_v2": (functools.partial(_conv_bn_links, modules=_mobilenet_v2_modules), "classifier.1"),
     "resnet18": (functools.partial(_conv_bn_links, modules=_resnet_modules), "fc"),
+    "resnet50": (functools.partial(_conv_bn_links, modules=_resnet_modules), "fc"),
+    "densenet121": (functools.partial(_conv_bn_links, modules=_densenet_modules), "classifier"),
+    "vgg16": (functools.partial(_vgg_links, depths=VGG16), "classifier.6"),
+    "vgg19": (functools.partial(_vgg_links, depths=VGG19), "classifier.6"),
 }
+
+# Variants with a new head on an arch's trunk: a checkpoint converts as that arch,
+# checking every key, and gives the variant every block but the `head`, which
+# `pretrained.transplant` initialises anyway.
+_NEW_HEAD_VARIANTS = {"vgg16_gap": "vgg16", "vgg19_gap": "vgg19"}
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -113,24 +199,33 @@ def from_torchvision(
   """Builds the Flax `arch` with a torchvision checkpoint's weights.
 
   Args:
-    arch: "mobilenet_v2" or "resnet18".
+    arch: a key of `_ARCHS` or `_NEW_HEAD_VARIANTS`.
     source: a torchvision `.pth` state dict (read without torch), or the state
       dict itself (numpy arrays or torch tensors).
 
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
-    checkpoint's classifier, `{"params", "batch_stats"}` as float32 numpy arrays,
-    and the input convention of torchvision weights.
+    checkpoint's classifier, `{"params"}` (and `"batch_stats"` if it has
+    BatchNorm) as float32 numpy arrays, and the input convention of torchvision
+    weights. A `_NEW_HEAD_VARIANTS` model gets every block but its `head`.
 
   Raises:
     ConversionError: listing every missing, unexpected or mis-shaped key.
   """
+  if arch in _NEW_HEAD_VARIANTS:
+    trunk, variables, preprocess = from_torchvision(_NEW_HEAD_VARIANTS[arch], source)
+    model = models.create(arch, trunk.num_classes)
+    shared = set(type(model).block_names) - {"head"}
+    return model, {collection: {block: tree for block, tree in blocks.items() if block in shared}
+                   for collection, blocks in variables.items()}, preprocess
   if arch not in _ARCHS:
-    raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(_ARCHS)}")
+    raise ValueError(f"unknown arch {arch!r}; "
+                     f"expected one of {sorted([*_ARCHS, *_NEW_HEAD_VARIANTS])}")
   if isinstance(source, (str, os.PathLike)):
     name, state = os.fspath(source), load_state_dict(source)
   else:
     name, state = "the state dict given", {k: _as_numpy(v) for k, v in source.items()}
+  state = {_OLD_DENSE_LAYER_KEY.sub(r"\1\2", key): value for key, value in state.items()}
   links, classifier = _ARCHS[arch]
   weight = state.get(f"{classifier}.weight")
   num_classes = weight.shape[0] if weight is not None and weight.ndim == 2 else 1000

@@ -2,7 +2,8 @@
 
 Every model is a Flax linen module called as `model.apply(variables, images,
 train=..., trainable_from=k)` on NHWC images; `type(model).block_names` lists its
-blocks from input to `head`, and blocks below index `k` are frozen.
+blocks from input to the fresh classifier head (always last: `head`, or
+`fc8` for AlexNet), and blocks below index `k` are frozen.
 """
 from __future__ import annotations
 
@@ -10,12 +11,23 @@ import functools
 
 import flax.linen as nn
 
+from tuning.models.alexnet import AlexNet, CaffeAlexNet
+from tuning.models.densenet import DenseNet
 from tuning.models.mobilenet_v2 import MobileNetV2
-from tuning.models.resnet import ResNet
+from tuning.models.resnet import Bottleneck, ResNet
+from tuning.models.vgg import VGG, VGG16, VGG19, VGGGap
 
 ARCHITECTURES = {
+    "alexnet": AlexNet,
+    "alexnet_caffe": CaffeAlexNet,
     "mobilenet_v2": MobileNetV2,
     "resnet18": functools.partial(ResNet, units=(2, 2, 2, 2)),
+    "resnet50": functools.partial(ResNet, units=(3, 4, 6, 3), block=Bottleneck),
+    "densenet121": functools.partial(DenseNet, units=(6, 12, 24, 16)),
+    "vgg16": functools.partial(VGG, depths=VGG16),
+    "vgg19": functools.partial(VGG, depths=VGG19),
+    "vgg16_gap": functools.partial(VGGGap, depths=VGG16),
+    "vgg19_gap": functools.partial(VGGGap, depths=VGG19),
 }
 
 

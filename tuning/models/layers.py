@@ -85,6 +85,11 @@ def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def batch_norm(train: bool) -> nn.BatchNorm:
+  """A BatchNorm named `bn` with PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 there)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")
+
+
 class ConvNormAct(nn.Module):
   """Conv -> BatchNorm -> activation; `features=None` makes the conv depthwise.
 
@@ -109,9 +114,21 @@ class ConvNormAct(nn.Module):
                   padding=conv_padding(x.shape[1:3], k, s, self.same_padding),
                   use_bias=self.folded_bn, kernel_init=conv_init, name="conv")(x)
     if not self.folded_bn:
-      # momentum 0.9 / eps 1e-5 are PyTorch's BatchNorm2d defaults (momentum 0.1 there).
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+      x = batch_norm(train)(x)
     return x if self.activation is None else self.activation(x)
+
+
+class NormActConv(nn.Module):
+  """BatchNorm -> ReLU -> stride-1 conv: the pre-activation order of DenseNet's layers."""
+  features: int
+  kernel_size: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    k = self.kernel_size
+    x = nn.relu(batch_norm(train)(x))
+    return nn.Conv(self.features, (k, k), padding=conv_padding(x.shape[1:3], k, 1, False),
+                   use_bias=False, kernel_init=conv_init, name="conv")(x)
 
 
 class ClassifierHead(nn.Module):
@@ -126,3 +143,38 @@ class ClassifierHead(nn.Module):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
                     name="classifier")(x)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+  """PyTorch's `AdaptiveAvgPool2d` on NHWC, for any input size.
+
+  Output cell i averages input rows floor(i*H/out) .. ceil((i+1)*H/out)-1 (and
+  likewise columns): windows overlap or differ in size when H is not a multiple
+  of `out`, and a map smaller than `out` is spread out by repetition. The fc6 of
+  torchvision's VGG and AlexNet was trained behind exactly these windows, so it
+  only reproduces its outputs at other input sizes with them.
+  """
+  def pool(x, axis, out):
+    size = x.shape[axis]
+    if size == out:
+      return x
+    return jnp.concatenate([
+        jax.lax.slice_in_dim(x, i * size // out, -(-(i + 1) * size // out), axis=axis)
+        .mean(axis, keepdims=True) for i in range(out)], axis)
+  # A rectangle's mean is the mean of its row means: pool rows, then columns.
+  return pool(pool(x, 1, output_size[0]), 2, output_size[1])
+
+
+def local_response_norm(x: jax.Array, size: int, alpha: float, beta: float, k: float
+                        ) -> jax.Array:
+  """Across-channel LRN on NHWC: x / (k + alpha/size * sum of x^2 over `size` channels)^beta.
+
+  The definition of `torch.nn.functional.local_response_norm` and of Caffe's LRN
+  layer (which only takes odd sizes): alpha is divided by the window size, and
+  the window, `size // 2` channels below to `(size - 1) // 2` above, is zero-padded
+  at the ends of the channel axis.
+  """
+  squares = jax.lax.reduce_window(
+      x * x, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1),
+      ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2)))
+  return x / (k + alpha / size * squares) ** beta

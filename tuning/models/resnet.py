@@ -1,6 +1,7 @@
 """ResNet (He et al. 2016) with torchvision's layout, in named blocks.
 
 Blocks: `stem, layer1..layer4, head`, the stages of torchvision's ResNet.
+ResNet-18 stacks basic blocks, ResNet-50 bottlenecks.
 """
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ import jax
 from tuning.models.layers import ClassifierHead, ConvNormAct, run_blocks
 
 
+def _shortcut_relu(x: jax.Array, h: jax.Array, strides: int, train: bool) -> jax.Array:
+  """relu(x + h); x goes through a strided 1x1 conv + BN (`downsample`) if its shape differs."""
+  if strides != 1 or x.shape[-1] != h.shape[-1]:
+    x = ConvNormAct(h.shape[-1], 1, strides, activation=None, name="downsample")(x, train)
+  return nn.relu(x + h)
+
+
 class BasicBlock(nn.Module):
   features: int
   strides: int
@@ -20,20 +28,36 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = ConvNormAct(self.features, 3, self.strides, name="conv1")(x, train)
     h = ConvNormAct(self.features, 3, activation=None, name="conv2")(h, train)
-    if self.strides != 1 or x.shape[-1] != self.features:
-      x = ConvNormAct(self.features, 1, self.strides, activation=None, name="downsample")(x, train)
-    return nn.relu(x + h)
+    return _shortcut_relu(x, h, self.strides, train)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand to 4x `features`.
+
+  The stride is on the 3x3 conv (torchvision's "ResNet v1.5"), not on the first
+  1x1 as in the paper, so torchvision's weights only fit this placement.
+  """
+  features: int
+  strides: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    h = ConvNormAct(self.features, 1, name="conv1")(x, train)
+    h = ConvNormAct(self.features, 3, self.strides, name="conv2")(h, train)
+    h = ConvNormAct(4 * self.features, 1, activation=None, name="conv3")(h, train)
+    return _shortcut_relu(x, h, self.strides, train)
 
 
 class Layer(nn.Module):
   features: int
   units: int
   strides: int
+  block: type[nn.Module] = BasicBlock
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i in range(self.units):
-      x = BasicBlock(self.features, self.strides if i == 0 else 1, name=f"unit{i}")(x, train)
+      x = self.block(self.features, self.strides if i == 0 else 1, name=f"unit{i}")(x, train)
     return x
 
 
@@ -47,9 +71,16 @@ class Stem(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet with basic blocks on NHWC inputs; `units` per stage (ResNet-18: 2,2,2,2)."""
+  """ResNet on NHWC inputs.
+
+  Attributes:
+    num_classes: outputs of the fresh `head`.
+    units: blocks per stage (ResNet-18: 2,2,2,2; ResNet-50: 3,4,6,3).
+    block: `BasicBlock` or `Bottleneck`.
+  """
   num_classes: int
   units: tuple[int, ...] = (2, 2, 2, 2)
+  block: type[nn.Module] = BasicBlock
 
   block_names: ClassVar[tuple[str, ...]] = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 
@@ -57,7 +88,7 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0) -> jax.Array:
     blocks = [("stem", Stem(name="stem"))]
     for i, units in enumerate(self.units):
-      blocks.append((f"layer{i + 1}", Layer(64 * 2**i, units, 1 if i == 0 else 2,
+      blocks.append((f"layer{i + 1}", Layer(64 * 2**i, units, 1 if i == 0 else 2, self.block,
                                              name=f"layer{i + 1}")))
     blocks.append(("head", ClassifierHead(self.num_classes, name="head")))
     return run_blocks(blocks, x, train=train, trainable_from=trainable_from)
