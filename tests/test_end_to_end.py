@@ -39,6 +39,9 @@ def test_sweep_on_real_data_writes_results_and_report_and_resumes(tmp_path, shar
   for r in results:
     assert FIELDS <= set(r), FIELDS - set(r)
     assert r["dataset"] == "pneumoniamnist" and r["arch"] == "mobilenet_v2"
+    assert r["config"]["scheme"] == r["scheme"] and r["config"]["image_size"] == 32
+    assert {"jax", "flax", "optax", "python"} <= set(r["versions"])
+    assert len(r["data_sha256"]) == 64
     assert 0.0 <= r["test_auc"] <= 1.0 and 1 <= r["best_epoch"] <= 2
     # val_auc is recomputed from the restored orbax checkpoint: it must be the best epoch's.
     assert r["val_auc"] == max(h["val_auc"] for h in r["history"])

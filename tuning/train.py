@@ -7,8 +7,10 @@ restored for the test evaluation.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import re
 import time
 from typing import Any, Callable, Iterable
@@ -195,9 +197,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "n_train": int(len(train_split.labels)), "image_size": config.image_size,
       "batch_size": config.batch_size, "devices": jax.device_count(),
       "weights": str(config.weights), "data_sha256": dataset.sha256, "history": history,
+      "config": json.loads(config.to_json()), "versions": versions(),
   }
   append_result(os.path.join(workdir, "results.jsonl"), result)
   return result
+
+
+def versions() -> dict[str, str]:
+  """What produced a result: Python and the packages whose changes can move the numbers."""
+  packages = ("tuning", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
+  return {"python": platform.python_version(),
+          **{p: importlib.metadata.version(p) for p in packages}}
 
 
 # Settings that may change between an interruption and its resume: where files are, bars.
