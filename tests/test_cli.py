@@ -28,6 +28,10 @@ CASES = {
     "bad_value": (f"train {_RUN} --config.epochs=three", "shared"),
     "missing_weights": (f"train {_RUN} --config.weights=/nonexistent.pth", "shared"),
     "download_fails": (f"train {_RUN}", "empty"),
+    "wrong_arch_weights": (f"train {_RUN} --config.arch=resnet18 --config.scheme=head "
+                           "--config.schemes=('head',) --config.weights={mobilenet}", "shared"),
+    "fraction_too_small": (f"train {_RUN} --config.dataset=retinamnist --config.train_fraction=0.001",
+                           "shared"),
     "no_workdir": ("train --config {demo}", "shared"),
     "no_command": (_RUN, "shared"),
     "unknown_command": (f"evaluate {_RUN}", "shared"),
@@ -57,7 +61,9 @@ def runs(tmp_path_factory, shared_data_dir) -> dict[str, Run]:
   procs = {}
   for name, (command_line, data) in CASES.items():
     workdir = root / name
-    argv = [arg.format(demo=DEMO, workdir=workdir) for arg in command_line.split()]
+    mobilenet = shared_data_dir.parent / "weights" / "mobilenet_v2-b0353104.pth"
+    argv = [arg.format(demo=DEMO, workdir=workdir, mobilenet=mobilenet)
+            for arg in command_line.split()]
     data_dir = shared_data_dir if data == "shared" else root / "empty"
     procs[name] = (workdir, subprocess.Popen(
         [str(TUNING), *argv], env={**env, "TUNING_DATA_DIR": str(data_dir)},
@@ -117,6 +123,16 @@ def test_failed_dataset_download_is_a_clean_error(runs):
   error = _check_user_error(runs["download_fails"], 1, "pneumoniamnist.npz", "TUNING_DATA_DIR",
                             "zenodo.org")
   assert str(runs["download_fails"].workdir.parent / "empty" / "pneumoniamnist.npz") in error
+
+
+def test_weights_of_another_architecture_are_refused_naming_the_keys(runs):
+  _check_user_error(runs["wrong_arch_weights"], 1, "mobilenet_v2-b0353104.pth",
+                    "does not fit torchvision resnet18", "missing conv1.weight")
+
+
+def test_a_fraction_leaving_fewer_images_than_a_batch_is_named(runs):
+  _check_user_error(runs["fraction_too_small"], 1, "config.train_fraction = 0.001 leaves 5",
+                    "config.batch_size = 32")
 
 
 def test_missing_workdir(runs):

@@ -119,6 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = time.perf_counter()
   dataset = medmnist.load(config.dataset, medmnist.data_dir(config.data_dir))
   train_split = medmnist.subsample(dataset.train, config.train_fraction, config.seed)
+  if len(train_split.labels) < config.batch_size:
+    raise ValueError(
+        f"config.train_fraction = {config.train_fraction:g} leaves {len(train_split.labels)} "
+        f"training images of {config.dataset} (at least one per class), fewer than "
+        f"config.batch_size = {config.batch_size}; raise the fraction or lower the batch size")
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   model, variables, preprocess, scheme = create_model(config, dataset.num_classes, init_rng)
   block_names = type(model).block_names
