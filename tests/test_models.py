@@ -10,19 +10,27 @@ from tuning import models
 from tuning.models.layers import DepthwiseConv, conv_padding
 
 
+RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+
+
 @pytest.mark.parametrize("arch, blocks, n_params", [
-    ("mobilenet_v2", ("stem", *(f"block{i}" for i in range(1, 8)), "conv_last", "head"), 2_226_434),
-    ("resnet18", ("stem", "layer1", "layer2", "layer3", "layer4", "head"), 11_177_538),
+    ("mobilenet_v2", ("stem", *(f"block{i}" for i in range(1, 8)), "conv_last", "head"), 3_504_872),
+    ("resnet18", RESNET_BLOCKS, 11_689_512),
+    ("resnet50", RESNET_BLOCKS, 25_557_032),
+    ("densenet121", ("stem", "block1", "block2", "block3", "block4", "head"), 7_978_856),
 ])
 def test_blocks_are_named_ordered_and_own_all_params(arch, blocks, n_params):
-  model = models.create(arch, num_classes=2)
+  model = models.create(arch, num_classes=1000)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert type(model).block_names == blocks
   assert set(variables["params"]) == set(blocks)
-  # torchvision's parameter counts with a 2-class head.
+  # torchvision's parameter counts at 1000 classes.
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(variables["params"])) == n_params
+  # The head is only the fresh classifier: every BatchNorm belongs to a transferable block.
+  assert set(variables["params"]["head"]) == {"classifier"}
+  assert "head" not in variables["batch_stats"]
   out = jax.eval_shape(model.apply, variables, jnp.zeros((3, 64, 64, 3)))
-  chex.assert_shape(out, (3, 2))
+  chex.assert_shape(out, (3, 1000))
 
 
 def test_unknown_arch_lists_the_known_ones():
