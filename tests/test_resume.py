@@ -7,8 +7,11 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
 import pytest
 
+from tuning import config as config_lib
 from tuning import report, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -96,3 +99,19 @@ def test_a_diverging_run_is_recorded_not_crashed(tmp_path, shared_data_dir):
   (row,) = report.read_results(str(tmp_path))
   assert row["diverged_at_epoch"] == 1 and row["test_auc"] is None and row["best_epoch"] == 0
   assert "Diverged (non-finite loss" in (tmp_path / "report.md").read_text()
+
+
+def test_resume_refuses_a_checkpoint_of_another_state_tree(tmp_path):
+  """Same config, other model (e.g. after a library change): name a differing leaf."""
+  config = config_lib.defaults()
+  saved_state = {"params": {"head": {"kernel": jnp.zeros((4, 2))}}}
+  latest = ocp.CheckpointManager(str(tmp_path), options=ocp.CheckpointManagerOptions(create=True))
+  _, progress = train.resume(latest, saved_state, config)
+  latest.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(saved_state),
+                                         progress=ocp.args.JsonSave(progress)))
+  latest.wait_until_finished()
+  with pytest.raises(ValueError, match=r"another state tree.*\['params'\]\['head'\]\['kernel'\] "
+                                       r"\(checkpoint \(4, 2\) float32, now \(5, 2\) float32\)"):
+    train.resume(latest, {"params": {"head": {"kernel": jnp.zeros((5, 2))}}}, config)
+  restored, saved = train.resume(latest, saved_state, config)
+  assert saved["epoch"] == 0 and restored["params"]["head"]["kernel"].shape == (4, 2)
