@@ -1,4 +1,4 @@
-"""`tuning train|sweep --config FILE [--config.KEY=VALUE ...] --workdir DIR`."""
+"""`tuning train|sweep --config FILE [--config.KEY=VALUE ...] --workdir DIR`; `tuning bench`."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,8 @@ COMMANDS = ("train", "sweep")
 
 def main(argv: list[str]) -> int:
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    print(f"usage: tuning {{{','.join(COMMANDS)}}} --config FILE --workdir DIR", file=sys.stderr)
+    print(f"usage: tuning {{{','.join(COMMANDS)}}} --config FILE --workdir DIR\n"
+          "       tuning bench --out DIR [--models ...] (see tuning bench --help)", file=sys.stderr)
     return 2
   if _CONFIG.value is None or not _WORKDIR.value:
     print("error: --config and --workdir are required", file=sys.stderr)
@@ -53,4 +54,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
+  if sys.argv[1:2] == ["bench"]:  # its own flags (benchmarks/harness.py), no --config
+    try:
+      from benchmarks import harness  # pylint: disable=import-outside-toplevel  (extra deps)
+    except ImportError as e:
+      print(f"error: tuning bench needs the bench extra, pip install -e '.[bench]': {e}",
+            file=sys.stderr)
+      sys.exit(2)
+    sys.exit(harness.main(sys.argv[2:]))
   app.run(main, flags_parser=_parse_flags)

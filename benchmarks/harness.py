@@ -1,0 +1,344 @@
+"""`tuning bench`: train-step throughput per model and depth scheme, JAX beside PyTorch.
+
+Each JAX step is built exactly as training builds it (`tuning.train.make_train_step`
+over `tuning.depth.make_optimizer`, state replicated and batch sharded over every
+device, state donated) from random weights, and runs on one device-resident random
+batch, so the numbers are the step's alone, without the input pipeline. `DIR/bench.jsonl`
+gets one row per measurement, `DIR/bench.md` the table with the JAX/torch ratio,
+`DIR/bench.png` images/s against depth.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import multiprocessing
+import os
+import sys
+import time
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from matplotlib.figure import Figure
+
+from benchmarks import common
+from tuning import config as config_lib
+from tuning import depth, models, train
+
+NUM_CLASSES = 1000  # ImageNet's head: the step the pretrained models are benchmarked with
+JSONL, MARKDOWN, PLOT = "bench.jsonl", "bench.md", "bench.png"
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+  """Jitted JAX's float32 matmul rate: the machine's practical peak for the GFLOP/s columns."""
+  a, b = map(jax.device_put, np.random.default_rng(0).standard_normal((2, n, n), np.float32))
+  matmul = jax.jit(jnp.matmul)
+  return common.matmul_gflops(lambda: matmul(a, b).block_until_ready(), n)
+
+
+def xla_flops(compiled) -> float | None:
+  """XLA's flop count of a compiled function (a dict, or in older JAX a list of dicts)."""
+  cost = compiled.cost_analysis()
+  costs = cost if isinstance(cost, (list, tuple)) else [cost]
+  flops = [c.get("flops") for c in costs if c]
+  return sum(flops) if flops and None not in flops else None
+
+
+def _runner(compiled, state, arg, threads_state: bool) -> Callable[[int], None]:
+  """`run_steps` for `common.images_per_second`; a train step threads its donated state."""
+  def run_steps(k: int) -> None:
+    nonlocal state
+    for _ in range(k):
+      out = compiled(state, arg)
+      if threads_state:
+        state = out[0]
+    jax.block_until_ready(out)
+  return run_steps
+
+
+def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, repeats: int,
+             steps: int) -> Iterator[dict]:
+  """One row per scheme, each step compiled ahead of time to time the compile alone."""
+  model = models.create(arch, NUM_CLASSES)
+  block_names = type(model).block_names
+  # `unsafe_rbg`: random weights like any other, and an init that compiles 3-4x faster.
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
+      jax.random.key(0, impl="unsafe_rbg"))
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  rng = np.random.default_rng(0)
+  data = jax.device_put({
+      "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+      "label": rng.integers(0, NUM_CLASSES, batch, dtype=np.int32)}, sharded)
+  config = config_lib.defaults()
+  peak = matmul_peak_gflops()
+  for scheme in schemes:
+    scope = common.reset_peak_rss()
+    if scheme.trainable_from is None:
+      step, arg, trainable = jax.jit(train.make_eval_step(model)), data["image"], 0
+      state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    else:
+      labels = depth.param_labels(variables["params"], block_names, scheme.trainable_from)
+      tx = depth.make_optimizer(
+          labels, learning_rate=config.lr, head_lr_mult=config.head_lr_mult,
+          momentum=config.momentum, steps_per_epoch=100, decay_per_epoch=config.lr_decay_per_epoch)
+      if scheme.clip_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(scheme.clip_norm), tx)
+      step = jax.jit(train.make_train_step(model, tx, scheme.trainable_from, jax.random.key(1)),
+                     donate_argnums=0)
+      # Copied, since the donated step consumes its state; in one jit, not op by op
+      # (eagerly, every parameter shape would compile its own small program).
+      state = jax.jit(lambda v, tx=tx: train.create_train_state(jax.tree.map(jnp.copy, v), tx))(
+          variables)
+      arg, trainable = data, depth.count_trainable(variables["params"], labels)
+    state = jax.device_put(state, replicated)
+    start = time.perf_counter()
+    compiled = step.lower(state, arg).compile()
+    compile_s = time.perf_counter() - start
+    speed = common.images_per_second(
+        _runner(compiled, state, arg, scheme.trainable_from is not None), batch, repeats, steps)
+    flops = xla_flops(compiled)
+    flops_per_img = None if flops is None else flops / batch
+    memory = compiled.memory_analysis()
+    yield {
+        "framework": "jax", "model": arch, "scheme": scheme.name, "batch": batch, "size": size,
+        **speed, "trainable_params": trainable, "compile_s": compile_s,
+        "flops_per_img": flops_per_img,
+        "gflops_achieved": None if flops is None else flops_per_img * speed["img_per_s"] / 1e9,
+        "matmul_peak_gflops": peak, "peak_rss_mb": common.peak_rss_mb(), "peak_rss_scope": scope,
+        "xla_temp_mb": None if memory is None else memory.temp_size_in_bytes / 2**20,
+        "threads": common.cores(), "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind}
+
+
+def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: dict
+            ) -> list[dict]:
+  """One framework's rows for one model, each stamped with the time and load it ran at."""
+  chosen = common.schemes(type(models.create(arch, NUM_CLASSES)).block_names, schemes)
+  if framework == "jax":
+    produced = jax_rows(arch, chosen, **settings)
+  else:
+    from benchmarks import torch_peer  # pylint: disable=import-outside-toplevel  (optional)
+    produced = torch_peer.rows(arch, chosen, num_classes=NUM_CLASSES, **settings)
+  rows = []
+  for row in produced:
+    row.update(loadavg_1m=os.getloadavg()[0],
+               date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    print(f"{framework:>5} {arch} {row['scheme']}: {row['img_per_s']:.1f} img/s",
+          file=sys.stderr, flush=True)
+    rows.append(row)
+  return rows
+
+
+def _in_fresh_process(fn: Callable, *args):
+  """`fn(*args)` in a new interpreter, so that no measurement shares a process with another
+  framework or model: their memory peaks and thread pools stay apart."""
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    return pool.submit(fn, *args).result()
+
+
+def run(archs: Sequence[str], schemes: Sequence[str] | None, *, batch: int, size: int, out: str,
+        repeats: int, steps: int, with_torch: bool = True) -> list[dict]:
+  """Measures every model and scheme in JAX, then in torch; writes bench.{jsonl,md,png} to `out`.
+
+  Each framework and model runs in its own process (`measure`), one after the
+  other. JAX runs first so that torch rows can carry XLA's flop count of the same
+  step (`flops_per_img`; the arithmetic is the same) and with it their GFLOP/s.
+  `schemes`: names as `common.scheme_names` gives them; None is all of them.
+  Returns the rows; bench.jsonl is rewritten, one line per measurement.
+  """
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, JSONL)
+  if os.path.exists(path):
+    os.remove(path)
+  notes, torch_peer = [], None
+  if with_torch:
+    try:
+      from benchmarks import torch_peer  # pylint: disable=import-outside-toplevel  (optional)
+    except ImportError as e:
+      notes.append(f"No torch rows: {e} (pip install torch).")
+  settings = {"batch": batch, "size": size, "repeats": repeats, "steps": steps}
+  context = {"jax_version": jax.__version__,
+             "torch_version": torch_peer.torch.__version__ if torch_peer else None,
+             **settings, **common.machine()}
+  rows, flops = [], {}
+  for framework in ("jax", "torch") if torch_peer else ("jax",):
+    for arch in archs:
+      if framework == "torch" and arch not in torch_peer.ARCHITECTURES:
+        notes.append(f"No torch peer for {arch} yet.")
+        continue
+      for row in _in_fresh_process(measure, framework, arch, schemes, settings):
+        if framework == "jax":
+          flops[arch, row["scheme"]] = row["flops_per_img"]
+        else:
+          per_img = flops.get((arch, row["scheme"]))
+          row.update(flops_per_img=per_img, gflops_achieved=None if per_img is None
+                     else per_img * row["img_per_s"] / 1e9)
+        row.update(context)
+        train.append_result(path, row)
+        rows.append(row)
+  write_markdown(rows, os.path.join(out, MARKDOWN), notes)
+  plot(rows, os.path.join(out, PLOT))
+  return rows
+
+
+def _by_key(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict]:
+  return {(r["framework"], r["model"], r["scheme"]): r for r in rows}
+
+
+def _speed(row: dict | None) -> str:
+  if row is None:
+    return "—"
+  return f"{row['img_per_s']:.1f} ({row['img_per_s_min']:.1f}–{row['img_per_s_max']:.1f})"
+
+
+def _num(value: float | None, fmt: str) -> str:
+  return "—" if value is None else fmt.format(value)
+
+
+def table(rows: Sequence[dict]) -> str:
+  """One line per (model, scheme): both frameworks side by side and their ratio."""
+  by_key = _by_key(rows)
+  lines = ["| model | scheme | trainable params | JAX img/s (min–max) | torch img/s (min–max) "
+           "| JAX/torch | JAX compile s | GFLOP/img | JAX GFLOP/s (% of peak) "
+           "| peak RSS MB JAX / torch | page faults/step JAX / torch |", "|" + "---|" * 11]
+  for model, scheme in dict.fromkeys((r["model"], r["scheme"]) for r in rows):
+    jax_row, torch_row = by_key.get(("jax", model, scheme)), by_key.get(("torch", model, scheme))
+    any_row = jax_row or torch_row
+    ratio = (jax_row["img_per_s"] / torch_row["img_per_s"]) if jax_row and torch_row else None
+    achieved = "—"
+    if jax_row and jax_row["gflops_achieved"] is not None:
+      achieved = (f"{jax_row['gflops_achieved']:.1f} "
+                  f"({100 * jax_row['gflops_achieved'] / jax_row['matmul_peak_gflops']:.0f} %)")
+    lines.append("| " + " | ".join([
+        model, scheme, f"{any_row['trainable_params']:,}", _speed(jax_row), _speed(torch_row),
+        _num(ratio, "{:.2f}"), _num(jax_row and jax_row["compile_s"], "{:.1f}"),
+        _num(any_row["flops_per_img"] and any_row["flops_per_img"] / 1e9, "{:.3f}"), achieved,
+        " / ".join(_num(r and r["peak_rss_mb"], "{:.0f}") for r in (jax_row, torch_row)),
+        " / ".join(_num(r and r["minor_faults_per_step"], "{:,.0f}") for r in (jax_row, torch_row)),
+    ]) + " |")
+  return "\n".join(lines)
+
+
+def versus_forward(rows: Sequence[dict]) -> list[str]:
+  """Per model: head-only (and head+clip) throughput as a fraction of forward-only."""
+  by_key = _by_key(rows)
+  lines = []
+  for model in dict.fromkeys(r["model"] for r in rows):
+    parts = []
+    for scheme in ("head", common.HEAD_CLIP):
+      ratios = [f"{name} {by_key[(fw, model, scheme)]['img_per_s'] / forward['img_per_s']:.2f}"
+                for fw, name in (("jax", "JAX"), ("torch", "torch"))
+                if (forward := by_key.get((fw, model, common.FORWARD)))
+                and (fw, model, scheme) in by_key]
+      if ratios:
+        parts.append(f"`{scheme}` {', '.join(ratios)}")
+    if parts:
+      lines.append(f"- {model}, img/s as a fraction of `forward`: {'; '.join(parts)}")
+  return lines
+
+
+def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -> None:
+  first = rows[0]
+  peaks = {r["framework"]: r["matmul_peak_gflops"] for r in rows}
+  versions = ", ".join(f"{name} {first[f'{name}_version']}" for name in ("jax", "torch")
+                       if first[f"{name}_version"])
+  loads = [r["loadavg_1m"] for r in rows]
+  text = "\n".join([
+      "# tuning bench", "",
+      f"{first['date'][:10]}, {first['cpu']}, {first['cores_used']} of {first['cpu_count']} cores "
+      f"used (XLA's thread pool; torch threads set to match), {versions}. Batch {first['batch']}, "
+      f"{first['size']}x{first['size']} px, {NUM_CLASSES} classes, random weights; img/s is the "
+      f"median (min–max) of {first['repeats']} timed runs of {first['steps']} steps after "
+      f"{common.WARMUP_STEPS} warm-up steps. float32 2048² matmul peak: " + ", ".join(
+          f"{'JAX' if fw == 'jax' else fw} {gflops:.0f} GFLOP/s" for fw, gflops in peaks.items())
+      + f". 1-min load average during the run: {min(loads):.1f}–{max(loads):.1f}.", "",
+      table(rows), "", *versus_forward(rows), *(["", *notes] if notes else []), ""])
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def plot(rows: Sequence[dict], path: str) -> None:
+  """img/s against trainable depth (head .. all), one panel per model, one line per framework.
+
+  forward-only throughput is a dashed line of the framework's colour; head+clip is
+  left to the table.
+  """
+  archs = list(dict.fromkeys(r["model"] for r in rows))
+  figure = Figure(figsize=(5 * len(archs), 4), layout="constrained")
+  for axes, arch in zip(np.atleast_1d(figure.subplots(1, len(archs))), archs):
+    blocks = type(models.create(arch, NUM_CLASSES)).block_names
+    measured = common.schemes(blocks, [r["scheme"] for r in rows])
+    depth_of = {s.name: s.trainable_from for s in measured
+                if s.trainable_from is not None and s.clip_norm is None}
+    for framework, color in (("jax", "tab:blue"), ("torch", "tab:orange")):
+      mine = [r for r in rows if r["model"] == arch and r["framework"] == framework]
+      depths = sorted((r for r in mine if r["scheme"] in depth_of),
+                      key=lambda r: -depth_of[r["scheme"]])
+      if depths:
+        axes.plot([r["scheme"] for r in depths], [r["img_per_s"] for r in depths], "o-",
+                  color=color, label=framework)
+      for r in mine:
+        if r["scheme"] == common.FORWARD:
+          axes.axhline(r["img_per_s"], color=color, linestyle="--", label=f"{framework} forward")
+    axes.set(title=f"{arch}, batch {rows[0]['batch']}, {rows[0]['size']} px",
+             ylabel="images/s", yscale="log")
+    axes.tick_params(axis="x", labelrotation=45)
+    axes.legend(fontsize="small")
+  figure.savefig(path, dpi=100)
+
+
+class _Parser(argparse.ArgumentParser):
+  """A bad flag is one `error:` line and exit code 2, like `tuning train`."""
+
+  def error(self, message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _names(text: str) -> list[str]:
+  return [name for name in text.split(",") if name]
+
+
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+  return value
+
+
+def main(argv: Sequence[str]) -> int:
+  parser = _Parser(prog="tuning bench", description=__doc__.splitlines()[0])
+  parser.add_argument("--models", type=_names, default="mobilenet_v2,resnet18",
+                      help="comma-separated architectures (default: %(default)s)")
+  parser.add_argument("--schemes", type=_names, default=None,
+                      help="comma-separated: forward, head, head+clip, from:<block>, all "
+                           "(default: all of them, every block boundary)")
+  parser.add_argument("--batch", type=_positive, default=32)
+  parser.add_argument("--size", type=_positive, default=96, help="image side in pixels, >= 32")
+  parser.add_argument("--repeats", type=_positive, default=5, help="timed runs per measurement")
+  parser.add_argument("--steps", type=_positive, default=3, help="steps per timed run")
+  parser.add_argument("--out", required=True, help="directory for bench.{jsonl,md,png}")
+  parser.add_argument("--no-torch", action="store_true", help="JAX rows only")
+  args = parser.parse_args(argv)
+  unknown = [arch for arch in args.models if arch not in models.ARCHITECTURES]
+  if unknown or not args.models:
+    parser.error(f"--models: unknown {unknown}; expected some of {sorted(models.ARCHITECTURES)}")
+  if args.size < 32:
+    parser.error(f"--size {args.size}: expected >= 32 (the networks downsample 32x)")
+  if args.schemes is not None:
+    blocks = [type(models.create(arch, NUM_CLASSES)).block_names for arch in args.models]
+    for name in args.schemes:
+      if not any(common.applies(name, b) for b in blocks):
+        parser.error(f"--schemes: {name!r} applies to none of {args.models}; expected one of "
+                     + ", ".join(dict.fromkeys(n for b in blocks for n in common.scheme_names(b))))
+  run(args.models, args.schemes, batch=args.batch, size=args.size, out=args.out,
+      repeats=args.repeats, steps=args.steps, with_torch=not args.no_torch)
+  with open(os.path.join(args.out, MARKDOWN), encoding="utf-8") as f:
+    print(f.read())
+  return 0
