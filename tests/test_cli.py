@@ -1,4 +1,4 @@
-"""`tuning train|sweep`: a user's mistake is one `error:` line, never a traceback.
+"""`tuning train|sweep|convert`: a user's mistake is one `error:` line, never a traceback.
 
 Each case runs the installed console script as the user would. The cases
 start together in one fixture, since each process spends ~1.5 s importing JAX.
@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tuning.convert import converted
 
 TUNING = pathlib.Path(sys.executable).parent / "tuning"
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
@@ -32,6 +34,12 @@ CASES = {
                            "--config.schemes=('head',) --config.weights={mobilenet}", "shared"),
     "fraction_too_small": (f"train {_RUN} --config.dataset=retinamnist --config.train_fraction=0.001",
                            "shared"),
+    "convert": ("convert --from torchvision --arch mobilenet_v2 {mobilenet} {workdir}/out", "shared"),
+    "convert_wrong_arch": ("convert --from torchvision --arch resnet18 {mobilenet} {workdir}/out",
+                           "shared"),
+    "convert_without_from": ("convert --arch mobilenet_v2 {mobilenet} {workdir}/out", "shared"),
+    "convert_unknown_format": ("convert --from caffe --arch alexnet {mobilenet} {workdir}/out",
+                               "shared"),
     "no_workdir": ("train --config {demo}", "shared"),
     "no_command": (_RUN, "shared"),
     "unknown_command": (f"evaluate {_RUN}", "shared"),
@@ -146,3 +154,27 @@ def test_missing_or_unknown_command_prints_usage(runs, case):
   assert "Traceback" not in run.stderr
   assert "usage: tuning {train,sweep}" in run.stderr
   assert not (run.workdir / "results.jsonl").exists()
+
+
+def test_convert_writes_weights_a_config_can_name(runs):
+  run = runs["convert"]
+  assert run.returncode == 0, run.stderr
+  out = run.workdir / "out"
+  assert f"--config.pretrained={out}" in run.stdout
+  model, variables, preprocess = converted.load(out, arch="mobilenet_v2")
+  assert model.num_classes == 1000 and preprocess.name == "torchvision"
+  assert variables["params"]["stem"]["conv"]["kernel"].shape == (3, 3, 3, 32)
+
+
+def test_convert_refuses_weights_of_another_arch(runs):
+  _check_user_error(runs["convert_wrong_arch"], 1, "does not fit torchvision resnet18",
+                    "missing conv1.weight")
+  assert not (runs["convert_wrong_arch"].workdir / "out").exists()
+
+
+def test_convert_needs_a_format(runs):
+  _check_user_error(runs["convert_without_from"], 2, "--from", "tuning convert --from FORMAT")
+
+
+def test_convert_names_the_known_formats(runs):
+  _check_user_error(runs["convert_unknown_format"], 2, "caffe", "torchvision", "tflite")

@@ -1,4 +1,4 @@
-"""`tuning train|sweep --config FILE [--config.KEY=VALUE ...] --workdir DIR`; `tuning bench`."""
+"""`tuning train|sweep --config FILE [--config.KEY=VALUE ...] --workdir DIR`; `tuning convert`; `tuning bench`."""
 from __future__ import annotations
 
 import os
@@ -7,32 +7,65 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tuning import report, sweep
+from tuning import pretrained, report, sweep
+from tuning.convert import converted
 
 # New keys are accepted here so that `config.validate` reports them, with a suggestion.
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file (configs/*.py)", lock_config=False,
     accept_new_attributes=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for results, report and checkpoints")
+_FROM = flags.DEFINE_enum("from", None, pretrained.WEIGHTS_FORMATS,
+                          "tuning convert: the format of SRC")
+_ARCH = flags.DEFINE_string("arch", None, "tuning convert: the architecture SRC holds")
 
-COMMANDS = ("train", "sweep")
+USAGE = """usage: tuning {train,sweep} --config FILE --workdir DIR
+       tuning convert --from FORMAT --arch NAME SRC OUT
+       tuning bench --out DIR [--models ...] (see tuning bench --help)"""
+
+
+class _UsageError(Exception):
+  pass
+
+
+def _train_or_sweep(command: str) -> str:
+  """Runs the config's scheme (train) or schemes (sweep); returns the report."""
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise _UsageError("--config and --workdir are required")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  schemes = (config.scheme,) if command == "train" else config.schemes
+  sweep.run_schemes(config, workdir, schemes)
+  with open(report.write_report(workdir), encoding="utf-8") as f:
+    return f.read()
+
+
+def _convert(args: list[str]) -> str:
+  """Converts SRC once into OUT, for configs' `pretrained=OUT`."""
+  if len(args) != 2 or not _FROM.value or not _ARCH.value:
+    raise _UsageError("tuning convert needs --from, --arch, SRC and OUT")
+  source, out = args
+  path = pretrained.resolve(source)
+  model, variables, preprocess = pretrained.load(_ARCH.value, path, _FROM.value)
+  converted.save(out, _ARCH.value, model, variables, preprocess, _FROM.value, path)
+  return (f"wrote {out}: {_ARCH.value} with {model.num_classes} classes from {path} "
+          f"({_FROM.value}, input convention {preprocess.name}); "
+          f"use it with --config.pretrained={out} --config.arch={_ARCH.value}")
 
 
 def main(argv: list[str]) -> int:
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    print(f"usage: tuning {{{','.join(COMMANDS)}}} --config FILE --workdir DIR\n"
-          "       tuning bench --out DIR [--models ...] (see tuning bench --help)", file=sys.stderr)
-    return 2
-  if _CONFIG.value is None or not _WORKDIR.value:
-    print("error: --config and --workdir are required", file=sys.stderr)
-    return 2
+  command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    schemes = (config.scheme,) if argv[1] == "train" else config.schemes
-    sweep.run_schemes(config, workdir, schemes)
-    path = report.write_report(workdir)
+    if command in ("train", "sweep") and not args:
+      output = _train_or_sweep(command)
+    elif command == "convert":
+      output = _convert(args)
+    else:
+      raise _UsageError(f"unknown command {' '.join(argv[1:])!r}" if command else "no command")
+  except _UsageError as e:
+    print(f"error: {e}\n{USAGE}", file=sys.stderr)
+    return 2
   # User errors: the message, not a traceback. RuntimeError: a failed dataset download;
   # OSError: e.g. an unreadable --config file (ml_collections defers that error until here).
   except (ValueError, RuntimeError, OSError) as e:
@@ -40,7 +73,7 @@ def main(argv: list[str]) -> int:
       raise
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(open(path, encoding="utf-8").read())
+  print(output)
   return 0
 
 

@@ -22,6 +22,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.weights = "mobilenet_v2-b0353104.pth"  # path or file name in the weights dir; "" = none
   c.weights_dir = ""  # "" -> $TUNING_WEIGHTS_DIR, then ~/.cache/tuning/weights
   c.weights_format = "torchvision"  # or "tflite"
+  c.pretrained = ""  # a `tuning convert` output dir; if set, used instead of `weights`
   c.scheme = "all"  # what `tuning train` runs; see tuning/depth.py
   c.schemes = ("scratch", "head", "from:block6", "from:block4", "all")  # what `tuning sweep` runs
   c.train_fraction = 1.0  # stratified subset of the training split

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from tuning import convert
+from tuning.convert import converted
 from tuning.preprocess import Preprocess
 
 WEIGHTS_FORMATS = ("torchvision", "tflite")  # each has a `convert.from_<format>`
@@ -59,6 +60,24 @@ def load(arch: str, path: os.PathLike, weights_format: str) -> tuple[nn.Module, 
   if weights_format not in WEIGHTS_FORMATS:
     raise ValueError(f"unknown weights_format {weights_format!r}; expected one of {WEIGHTS_FORMATS}")
   return getattr(convert, f"from_{weights_format}")(arch, path)
+
+
+def from_config(config) -> tuple[nn.Module, dict, Preprocess] | None:
+  """The weights a config starts from, or None.
+
+  `config.pretrained` (a `tuning convert` output directory, converted once) comes
+  before `config.weights` (a source file, converted on every run).
+  """
+  if config.pretrained:
+    return converted.load(pathlib.Path(config.pretrained).expanduser(), arch=config.arch)
+  if config.weights:
+    return load(config.arch, resolve(config.weights, config.weights_dir), config.weights_format)
+  return None
+
+
+def source(config) -> str:
+  """What `from_config` loads, as results record it."""
+  return config.pretrained or config.weights
 
 
 def transplant(pretrained: dict, fresh: dict, reinit: Sequence[str] = ("head",)) -> dict:

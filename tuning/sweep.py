@@ -10,7 +10,7 @@ import ml_collections
 from tqdm import tqdm
 
 from tuning import config as config_lib
-from tuning import report, train
+from tuning import pretrained, report, train
 
 RUN_KEY = ("dataset", "arch", "weights", "scheme", "train_fraction", "seed")
 
@@ -36,6 +36,11 @@ def run_lock(workdir: str, name: str) -> Iterator[bool]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def run_key(config: ml_collections.ConfigDict) -> tuple:
+  """The config's run as its result row names it (weights: the source actually loaded)."""
+  return tuple(pretrained.source(config) if k == "weights" else config[k] for k in RUN_KEY)
+
+
 def _finished(workdir: str) -> set[tuple]:
   return {tuple(row[k] for k in RUN_KEY) for row in report.read_results(workdir)}
 
@@ -56,7 +61,7 @@ def run_schemes(config: ml_collections.ConfigDict, workdir: str, schemes) -> lis
       if not mine:
         tqdm.write(f"{name}: running in another process, skipped")
         continue
-      if tuple(run_config[k] for k in RUN_KEY) in _finished(workdir):  # read under the lock
+      if run_key(run_config) in _finished(workdir):  # read under the lock
         tqdm.write(f"{name}: already in results, skipped")
         continue
       row = train.train_and_evaluate(run_config, workdir)

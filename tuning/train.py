@@ -46,13 +46,14 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rng: jax.A
   """
   block_names = type(models.create(config.arch, 1)).block_names
   scheme = depth.parse_scheme(config.scheme, block_names)
-  if config.weights:
-    path = pretrained.resolve(config.weights, config.weights_dir)
-    source_model, source_vars, preprocess = pretrained.load(config.arch, path, config.weights_format)
+  loaded = pretrained.from_config(config)
+  if loaded:
+    source_model, source_vars, preprocess = loaded
     model = source_model.clone(num_classes=num_classes)
   else:
     if scheme.pretrained:
-      raise ValueError(f"scheme {config.scheme!r} fine-tunes pretrained weights, but config.weights is empty")
+      raise ValueError(f"scheme {config.scheme!r} fine-tunes pretrained weights, but "
+                       "config.weights and config.pretrained are empty")
     model, preprocess = models.create(config.arch, num_classes), MINUS_ONE_TO_ONE
   shape = (1, config.image_size, config.image_size, 3)
   variables = jax.jit(lambda r: model.init(r, jnp.zeros(shape), train=False))(rng)
@@ -201,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "n_params": int(sum(np.size(p) for p in jax.tree.leaves(variables["params"]))),
       "n_train": int(len(train_split.labels)), "image_size": config.image_size,
       "batch_size": config.batch_size, "devices": jax.device_count(),
-      "weights": str(config.weights), "data_sha256": dataset.sha256, "history": history,
+      "weights": pretrained.source(config), "data_sha256": dataset.sha256, "history": history,
       "config": json.loads(config.to_json()), "versions": versions(),
   }
   append_result(os.path.join(workdir, "results.jsonl"), result)
