@@ -54,8 +54,9 @@ def test_accuracy_matches_sklearn(seed, n, num_classes, levels):
   labels, probs = _random_problem(seed, n, num_classes, levels)
   expected = metrics.accuracy_score(labels, probs.argmax(axis=1))
   assert classification.accuracy(labels, probs) == pytest.approx(expected)
-  assert classification.evaluate(labels, probs) == {
-      "auc": classification.roc_auc(labels, probs), "acc": pytest.approx(expected)}
+  result = classification.evaluate(labels, probs)
+  assert result["acc"] == pytest.approx(expected)
+  assert result["auc"] == classification.roc_auc(labels, probs)
 
 
 def test_auc_extremes_and_ties():
@@ -96,3 +97,38 @@ def test_cross_entropy_loss():
   expected = -(log_probs[0, 0] + log_probs[1, 2]) / 2
   np.testing.assert_allclose(
       classification.cross_entropy_loss(logits, labels), expected, rtol=1e-6)
+
+
+@_SETTINGS
+@hypothesis.given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 60),
+                  levels=st.integers(1, 8))
+def test_roc_curve_matches_sklearn(seed, n, levels):
+  labels, probs = _random_problem(seed, n, 2, levels)
+  fpr, tpr = classification.roc_curve(labels == 1, probs[:, 1])
+  want_fpr, want_tpr, _ = metrics.roc_curve(labels, probs[:, 1], drop_intermediate=False)
+  np.testing.assert_allclose(fpr, want_fpr, atol=1e-12)
+  np.testing.assert_allclose(tpr, want_tpr, atol=1e-12)
+
+
+@_SETTINGS
+@hypothesis.given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 60),
+                  num_classes=st.integers(2, 5), levels=st.integers(1, 8),
+                  fpr=st.sampled_from(classification.FPR_POINTS))
+def test_sensitivity_at_fpr_reads_sklearns_roc_curve(seed, n, num_classes, levels, fpr):
+  labels, probs = _random_problem(seed, n, num_classes, levels)
+  columns = [1] if num_classes == 2 else np.unique(labels)
+  expected = []
+  for c in columns:
+    # drop_intermediate=False: dropping collinear points would hide the best point under fpr.
+    want_fpr, want_tpr, _ = metrics.roc_curve(labels == c, probs[:, c], drop_intermediate=False)
+    expected.append(want_tpr[want_fpr <= fpr].max())
+  got = classification.sensitivity_at_fpr(labels, probs, fpr)
+  assert got == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_evaluate_reports_the_papers_operating_points():
+  labels = np.array([0] * 10 + [1] * 10)
+  scores = np.r_[np.linspace(0, 0.5, 10), np.linspace(0.45, 1, 10)]  # the top negative outscores one positive
+  result = classification.evaluate(labels, scores)
+  assert set(result) == {"auc", "acc", "sens_at_fpr10", "sens_at_fpr15", "sens_at_fpr20"}
+  assert result["sens_at_fpr10"] == 1.0  # one false positive of ten: every positive found

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,8 +19,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for results, report a
 _FROM = flags.DEFINE_enum("from", None, pretrained.WEIGHTS_FORMATS,
                           "tuning convert: the format of SRC")
 _ARCH = flags.DEFINE_string("arch", None, "tuning convert: the architecture SRC holds")
+_SHARD = flags.DEFINE_string("shard", "0/1", "tuning sweep: run shard i/n of the grid (job arrays)")
 
-USAGE = """usage: tuning {train,sweep} --config FILE --workdir DIR
+USAGE = """usage: tuning {train,sweep} --config FILE --workdir DIR [--shard i/n]
+       tuning report DIR [MORE_DIRS...]   (merges the results of every DIR into DIR)
        tuning convert --from FORMAT --arch NAME SRC OUT
        tuning bench --out DIR [--models ...] (see tuning bench --help)"""
 
@@ -29,13 +32,19 @@ class _UsageError(Exception):
 
 
 def _train_or_sweep(command: str) -> str:
-  """Runs the config's scheme (train) or schemes (sweep); returns the report."""
+  """Runs the config (train) or this shard of its grid (sweep); returns the report."""
   if _CONFIG.value is None or not _WORKDIR.value:
     raise _UsageError("--config and --workdir are required")
   config, workdir = _CONFIG.value, _WORKDIR.value
-  schemes = (config.scheme,) if command == "train" else config.schemes
-  sweep.run_schemes(config, workdir, schemes)
-  with open(report.write_report(workdir), encoding="utf-8") as f:
+  if command == "train":
+    sweep.run_all([config], workdir)
+  else:
+    sweep.run_sweep(config, workdir, _SHARD.value)
+  return _report(workdir)
+
+
+def _report(workdir: str, more: Sequence[str] = ()) -> str:
+  with open(report.write_report(workdir, more), encoding="utf-8") as f:
     return f.read()
 
 
@@ -61,6 +70,8 @@ def main(argv: list[str]) -> int:
       output = _train_or_sweep(command)
     elif command == "convert":
       output = _convert(args)
+    elif command == "report" and args:
+      output = _report(args[0], args[1:])
     else:
       raise _UsageError(f"unknown command {' '.join(argv[1:])!r}" if command else "no command")
   except _UsageError as e:

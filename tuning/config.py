@@ -26,7 +26,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.scheme = "all"  # what `tuning train` runs; see tuning/depth.py
   c.schemes = ("scratch", "head", "from:block6", "from:block4", "all")  # what `tuning sweep` runs
   c.train_fraction = 1.0  # stratified subset of the training split
+  c.train_fractions = ()  # what `tuning sweep` runs; () = (train_fraction,)
   c.seed = 0
+  c.seeds = ()  # what `tuning sweep` runs; () = (seed,)
   c.image_size = 64
   c.batch_size = 32
   c.epochs = 10
@@ -42,6 +44,10 @@ def defaults() -> ml_collections.ConfigDict:
 
 _CHECKS = {
     "train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train_fractions": (lambda v: all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v),
+                        "a tuple of fractions in (0, 1]"),
+    "seeds": (lambda v: all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+              "a tuple of integers"),
     "image_size": (lambda v: v >= 32, ">= 32 (the networks downsample 32x)"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "epochs": (lambda v: v >= 1, ">= 1"),

@@ -45,17 +45,44 @@ def _finished(workdir: str) -> set[tuple]:
   return {tuple(row[k] for k in RUN_KEY) for row in report.read_results(workdir)}
 
 
-def run_schemes(config: ml_collections.ConfigDict, workdir: str, schemes) -> list[dict]:
-  """Runs `config` once per scheme, skipping those finished or running elsewhere.
+def grid(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """One config per run of the sweep: train fraction x seed x scheme, in that nesting.
+
+  `config.train_fractions` / `config.seeds` empty means the single `train_fraction` /
+  `seed`. The order is fixed, so `--shard i/n` splits the same list in every process.
+  """
+  runs = []
+  for fraction in config.train_fractions or (config.train_fraction,):
+    for seed in config.seeds or (config.seed,):
+      for scheme in config.schemes:
+        run = config.copy_and_resolve_references()
+        run.train_fraction, run.seed, run.scheme = fraction, seed, scheme
+        runs.append(run)
+  return runs
+
+
+def shard(runs: list, spec: str) -> list:
+  """Runs `i`, `i + n`, ... of `runs` for `spec` "i/n" (0 <= i < n): shard i of a job array."""
+  try:
+    index, count = (int(part) for part in spec.split("/"))
+  except ValueError:
+    index = count = -1
+  if not 0 <= index < count:
+    raise ValueError(f"--shard={spec!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+  return runs[index::count]
+
+
+def run_all(runs: list[ml_collections.ConfigDict], workdir: str) -> list[dict]:
+  """Trains each run once, skipping those finished or running elsewhere.
 
   An interrupted run resumes from its last epoch checkpoint (`train.resume`).
   Returns all result rows of the workdir.
   """
-  config_lib.validate(config)
+  for run_config in runs:
+    config_lib.validate(run_config)
   os.makedirs(workdir, exist_ok=True)
-  for scheme in tqdm(schemes, desc="sweep", disable=not config.progress or len(schemes) == 1):
-    run_config = config.copy_and_resolve_references()
-    run_config.scheme = scheme
+  progress = bool(runs) and runs[0].progress and len(runs) > 1
+  for run_config in tqdm(runs, desc="sweep", disable=not progress):
     name = train.run_name(run_config)
     with run_lock(workdir, name) as mine:
       if not mine:
@@ -73,6 +100,6 @@ def run_schemes(config: ml_collections.ConfigDict, workdir: str, schemes) -> lis
   return report.read_results(workdir)
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs every scheme in `config.schemes`."""
-  return run_schemes(config, workdir, config.schemes)
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, shard_spec: str = "0/1") -> list[dict]:
+  """Runs this process's shard of the config's grid."""
+  return run_all(shard(grid(config), shard_spec), workdir)

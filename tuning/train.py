@@ -182,19 +182,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
     latest.wait_until_finished()
   best_epoch, history = progress["best_epoch"], progress["history"]
-  val = test = {"auc": None, "acc": None}  # diverged before any epoch finished
+  val = test = {}  # diverged before any epoch finished
+  predictions = None
   if best_epoch:
     state = best.restore(best_epoch, args=ocp.args.StandardRestore(state))
     # Recomputed from the restored checkpoint: the row proves the model tested is the best one.
     val = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.val), data_sharding))
-    test = classification.evaluate(*predict(eval_step, state, eval_batches(dataset.test), data_sharding))
+    test_labels, test_probs = predict(eval_step, state, eval_batches(dataset.test), data_sharding)
+    test = classification.evaluate(test_labels, test_probs)
+    predictions = save_predictions(workdir, name, test_labels, test_probs)
   latest.close()
   best.close()
 
   result = {
       "dataset": config.dataset, "arch": config.arch, "scheme": config.scheme,
       "train_fraction": config.train_fraction, "seed": config.seed,
-      "test_auc": test["auc"], "test_acc": test["acc"], "val_auc": val["auc"],
+      "test_auc": test.get("auc"), "test_acc": test.get("acc"), "val_auc": val.get("auc"),
+      **{f"test_{k}": test.get(k) for k in classification.SENSITIVITY_KEYS},
+      "predictions": predictions,
       "best_epoch": best_epoch, "epochs_run": len(history),
       "wall_s": round(time.perf_counter() - start, 2), "resumed_at_epoch": resumed_at,
       "diverged_at_epoch": progress.get("diverged_at_epoch"),
@@ -207,6 +212,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   append_result(os.path.join(workdir, "results.jsonl"), result)
   return result
+
+
+def save_predictions(workdir: str, name: str, labels: np.ndarray, probs: np.ndarray) -> str:
+  """Writes the test split's labels and probabilities (for ROC curves and DeLong tests in
+  the report); returns the path relative to `workdir`."""
+  relative = os.path.join("predictions", f"{name}.npz")
+  path = os.path.join(workdir, relative)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, labels=labels, probs=probs)
+  os.replace(path + ".tmp", path)
+  return relative
 
 
 def versions() -> dict[str, str]:

@@ -49,9 +49,40 @@ def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
   return float(np.mean(predictions == labels))
 
 
+def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(fpr, tpr)` at every distinct threshold, from (0, 0) to (1, 1), as sklearn's `roc_curve`."""
+  positive, scores = np.asarray(positive, bool), np.asarray(scores, np.float64)
+  order = np.argsort(-scores, kind="stable")
+  scores, positive = scores[order], positive[order]
+  last_of_tie = np.r_[scores[1:] != scores[:-1], True]  # cut only between distinct scores
+  true_pos = np.cumsum(positive)[last_of_tie]
+  false_pos = np.cumsum(~positive)[last_of_tie]
+  return (np.r_[0.0, false_pos / max(false_pos[-1], 1)], np.r_[0.0, true_pos / max(true_pos[-1], 1)])
+
+
+def sensitivity_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+  """The highest sensitivity at a false-positive rate <= `fpr` (Tajbakhsh 2016 reports
+  10, 15 and 20 %); for more than two classes, the mean over one-vs-rest curves."""
+  labels, scores = _check(labels, scores)
+  if scores.ndim == 1 or scores.shape[1] == 2:
+    curves = [(labels == 1, scores if scores.ndim == 1 else scores[:, 1])]
+  else:
+    curves = [(labels == c, scores[:, c]) for c in np.unique(labels)]
+  sensitivities = []
+  for positive, class_scores in curves:
+    false_rate, true_rate = roc_curve(positive, class_scores)
+    sensitivities.append(np.max(true_rate[false_rate <= fpr + 1e-12]))
+  return float(np.mean(sensitivities))
+
+
+FPR_POINTS = (0.10, 0.15, 0.20)
+SENSITIVITY_KEYS = tuple(f"sens_at_fpr{round(100 * f)}" for f in FPR_POINTS)
+
+
 def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-  """The MedMNIST benchmark metrics of one split's predicted probabilities."""
-  return {"auc": roc_auc(labels, probs), "acc": accuracy(labels, probs)}
+  """The MedMNIST benchmark metrics (AUC, accuracy), and sensitivity at Tajbakhsh's FPRs."""
+  return {"auc": roc_auc(labels, probs), "acc": accuracy(labels, probs),
+          **{key: sensitivity_at_fpr(labels, probs, f) for key, f in zip(SENSITIVITY_KEYS, FPR_POINTS)}}
 
 
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
