@@ -8,6 +8,9 @@ last layer backwards"; Kandel & Castelli 2020 tune the top blocks):
 - `head`: pretrained, only the fresh classifier head trains;
 - `from:<block>`: pretrained, that block and every block above it train.
 
+Tajbakhsh's own names are accepted too: `FT:only fc8` is `head` and
+`FT:fc6-fc8` is `from:fc6` (the range must end at the last block).
+
 Frozen blocks get the optimizer's `set_to_zero` branch, so they hold no
 optimizer state, and the model cuts gradients at the boundary (`run_blocks`).
 """
@@ -30,17 +33,22 @@ class Scheme:
 
 
 def valid_schemes(block_names: Sequence[str]) -> list[str]:
-  return ["scratch", "all", "head", *(f"from:{b}" for b in block_names)]
+  return ["scratch", "all", "head", *(f"from:{b}" for b in block_names),
+          f"FT:only {block_names[-1]}", *(f"FT:{b}-{block_names[-1]}" for b in block_names[:-1])]
 
 
 def parse_scheme(scheme: str, block_names: Sequence[str]) -> Scheme:
   """Resolves a scheme string against a model's ordered blocks."""
+  last = block_names[-1]
   if scheme in ("scratch", "all"):
     return Scheme(scheme, 0, pretrained=scheme == "all")
-  if scheme == "head":
+  if scheme in ("head", f"FT:only {last}"):
     return Scheme(scheme, len(block_names) - 1, pretrained=True)
-  if scheme.startswith("from:") and scheme[5:] in block_names:
-    return Scheme(scheme, list(block_names).index(scheme[5:]), pretrained=True)
+  first = scheme.removeprefix("from:") if scheme.startswith("from:") else None
+  if scheme.startswith("FT:") and scheme.endswith(f"-{last}"):
+    first = scheme[3:-len(last) - 1]
+  if first in block_names:
+    return Scheme(scheme, list(block_names).index(first), pretrained=True)
   raise ValueError(
       f"unknown scheme {scheme!r}; expected one of {', '.join(valid_schemes(block_names))}")
 
