@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from tuning import depth
 
 WARMUP_STEPS = 2
-FORWARD, HEAD_CLIP = "forward", "head+clip"
+FORWARD, HEAD_CLIP, HEAD_CACHED = "forward", "head+clip", "head-cached"
 CLIP_NORM = 1.0
 
 
@@ -21,24 +21,27 @@ class Scheme:
   """One measurement: the eval forward pass (`trainable_from` None) or a train step.
 
   `clip_norm`: the step clips the global gradient norm first, which reads the
-  frozen blocks' gradients too (`head+clip`).
+  frozen blocks' gradients too (`head+clip`). `cached`: the step starts at block
+  `trainable_from`, on the frozen blocks' output computed once (`head-cached`,
+  what training runs with `config.cache_features`).
   """
   name: str
   trainable_from: int | None
   clip_norm: float | None = None
+  cached: bool = False
 
 
 def scheme_names(block_names: Sequence[str]) -> list[str]:
   """forward, head, head+clip, every freeze boundary from the top down, all.
 
   `from:<first block>` is `all` and `from:<last block>` is `head`, so they are
-  not repeated.
+  not repeated. `head-cached` is measured when asked for (`--schemes`).
   """
   return [FORWARD, "head", HEAD_CLIP, *(f"from:{b}" for b in reversed(block_names[1:-1])), "all"]
 
 
 def applies(name: str, block_names: Sequence[str]) -> bool:
-  return name in (FORWARD, HEAD_CLIP, "head", "all") or name in (
+  return name in (FORWARD, HEAD_CLIP, HEAD_CACHED, "head", "all") or name in (
       f"from:{b}" for b in block_names)
 
 
@@ -47,6 +50,8 @@ def _resolve(name: str, block_names: Sequence[str]) -> Scheme:
     return Scheme(name, None)
   if name == HEAD_CLIP:
     return Scheme(name, depth.parse_scheme("head", block_names).trainable_from, CLIP_NORM)
+  if name == HEAD_CACHED:
+    return Scheme(name, depth.parse_scheme("head", block_names).trainable_from, cached=True)
   return Scheme(name, depth.parse_scheme(name, block_names).trainable_from)
 
 

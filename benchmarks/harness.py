@@ -5,7 +5,8 @@ over `tuning.depth.make_optimizer`, state replicated and batch sharded over ever
 device, state donated) from random weights, and runs on one device-resident random
 batch, so the numbers are the step's alone, without the input pipeline. `DIR/bench.jsonl`
 gets one row per measurement, `DIR/bench.md` the table with the JAX/torch ratio,
-`DIR/bench.png` images/s against depth.
+`DIR/bench.png` images/s against depth. `--sweep` measures whole depth sweeps of
+real training runs instead (benchmarks/sweep_cost.py).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
-from benchmarks import common
+from benchmarks import common, sweep_cost
 from tuning import config as config_lib
 from tuning import depth, models, train
 
@@ -88,13 +89,17 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
           momentum=config.momentum, steps_per_epoch=100, decay_per_epoch=config.lr_decay_per_epoch)
       if scheme.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(scheme.clip_norm), tx)
-      step = jax.jit(train.make_train_step(model, tx, scheme.trainable_from, jax.random.key(1)),
-                     donate_argnums=0)
+      cached_from = scheme.trainable_from if scheme.cached else 0
+      step = jax.jit(train.make_train_step(model, tx, scheme.trainable_from, jax.random.key(1),
+                                           start=cached_from), donate_argnums=0)
       # Copied, since the donated step consumes its state; in one jit, not op by op
       # (eagerly, every parameter shape would compile its own small program).
       state = jax.jit(lambda v, tx=tx: train.create_train_state(jax.tree.map(jnp.copy, v), tx))(
           variables)
       arg, trainable = data, depth.count_trainable(variables["params"], labels)
+      if cached_from:  # the frozen blocks' output on the batch, as the feature cache holds it
+        trunk = jax.jit(lambda v, x, k=cached_from: model.apply(v, x, stop=k))
+        arg = {**data, "image": trunk(variables, data["image"])}
     state = jax.device_put(state, replicated)
     start = time.perf_counter()
     compiled = step.lower(state, arg).compile()
@@ -226,12 +231,12 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def versus_forward(rows: Sequence[dict]) -> list[str]:
-  """Per model: head-only (and head+clip) throughput as a fraction of forward-only."""
+  """Per model: head-only (head+clip, head-cached) throughput as a fraction of forward-only."""
   by_key = _by_key(rows)
   lines = []
   for model in dict.fromkeys(r["model"] for r in rows):
     parts = []
-    for scheme in ("head", common.HEAD_CLIP):
+    for scheme in ("head", common.HEAD_CLIP, common.HEAD_CACHED):
       ratios = [f"{name} {by_key[(fw, model, scheme)]['img_per_s'] / forward['img_per_s']:.2f}"
                 for fw, name in (("jax", "JAX"), ("torch", "torch"))
                 if (forward := by_key.get((fw, model, common.FORWARD)))
@@ -266,8 +271,8 @@ def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -
 def plot(rows: Sequence[dict], path: str) -> None:
   """img/s against trainable depth (head .. all), one panel per model, one line per framework.
 
-  forward-only throughput is a dashed line of the framework's colour; head+clip is
-  left to the table.
+  forward-only throughput is a dashed line of the framework's colour; head+clip and
+  head-cached are left to the table.
   """
   archs = list(dict.fromkeys(r["model"] for r in rows))
   figure = Figure(figsize=(5 * len(archs), 4), layout="constrained")
@@ -275,7 +280,7 @@ def plot(rows: Sequence[dict], path: str) -> None:
     blocks = type(models.create(arch, NUM_CLASSES)).block_names
     measured = common.schemes(blocks, [r["scheme"] for r in rows])
     depth_of = {s.name: s.trainable_from for s in measured
-                if s.trainable_from is not None and s.clip_norm is None}
+                if s.trainable_from is not None and s.clip_norm is None and not s.cached}
     for framework, color in (("jax", "tab:blue"), ("torch", "tab:orange")):
       mine = [r for r in rows if r["model"] == arch and r["framework"] == framework]
       depths = sorted((r for r in mine if r["scheme"] in depth_of),
@@ -317,20 +322,48 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--models", type=_names, default="mobilenet_v2,resnet18",
                       help="comma-separated architectures (default: %(default)s)")
   parser.add_argument("--schemes", type=_names, default=None,
-                      help="comma-separated: forward, head, head+clip, from:<block>, all "
-                           "(default: all of them, every block boundary)")
+                      help="comma-separated: forward, head, head+clip, head-cached, "
+                           "from:<block>, all (default: all of them but head-cached, every block "
+                           "boundary); with --sweep: training schemes, scratch and all included")
   parser.add_argument("--batch", type=_positive, default=32)
   parser.add_argument("--size", type=_positive, default=96, help="image side in pixels, >= 32")
   parser.add_argument("--repeats", type=_positive, default=5, help="timed runs per measurement")
   parser.add_argument("--steps", type=_positive, default=3, help="steps per timed run")
   parser.add_argument("--out", required=True, help="directory for bench.{jsonl,md,png}")
   parser.add_argument("--no-torch", action="store_true", help="JAX rows only")
+  parser.add_argument("--sweep", action="store_true",
+                      help="instead: the wall time of a whole depth sweep of real training runs "
+                           "(benchmarks/sweep_cost.py), with and without the feature cache, "
+                           "against one full fine-tune; writes sweep.{jsonl,md}")
+  parser.add_argument("--epochs", type=_positive, default=3, help="--sweep: epochs per run")
+  parser.add_argument("--train-fraction", type=float, default=0.25,
+                      help="--sweep: fraction of the training split (default: %(default)s)")
   args = parser.parse_args(argv)
   unknown = [arch for arch in args.models if arch not in models.ARCHITECTURES]
   if unknown or not args.models:
     parser.error(f"--models: unknown {unknown}; expected some of {sorted(models.ARCHITECTURES)}")
   if args.size < 32:
     parser.error(f"--size {args.size}: expected >= 32 (the networks downsample 32x)")
+  if args.sweep:
+    missing = [arch for arch in args.models if not sweep_cost.has_weights(arch)]
+    if missing:
+      parser.error(f"--sweep: no torchvision weights for {missing} to fine-tune")
+    if not 0 < args.train_fraction <= 1:
+      parser.error(f"--train-fraction {args.train_fraction}: expected a fraction in (0, 1]")
+    if args.schemes is not None:
+      if "all" not in args.schemes:
+        parser.error("--sweep --schemes: include `all`, the full fine-tune the sweep is compared to")
+      for arch in args.models:
+        for name in args.schemes:
+          try:
+            depth.parse_scheme(name, type(models.create(arch, 1)).block_names)
+          except ValueError as e:
+            parser.error(f"--sweep --schemes: {arch}: {e}")
+    sweep_cost.run(args.models, args.schemes, size=args.size, batch=args.batch,
+                   epochs=args.epochs, train_fraction=args.train_fraction, out=args.out)
+    with open(os.path.join(args.out, sweep_cost.MARKDOWN), encoding="utf-8") as f:
+      print(f.read())
+    return 0
   if args.schemes is not None:
     blocks = [type(models.create(arch, NUM_CLASSES)).block_names for arch in args.models]
     for name in args.schemes:

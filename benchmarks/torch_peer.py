@@ -122,11 +122,14 @@ def freeze(model: nn.Sequential, trainable_from: int) -> list[nn.Parameter]:
   return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_train_step(model: nn.Sequential, trainable_from: int, clip_norm: float | None = None):
+def make_train_step(model: nn.Sequential, trainable_from: int, clip_norm: float | None = None,
+                    cached: bool = False):
   """One SGD-momentum step on (images, labels), frozen below `trainable_from`.
 
   The rates are the training config's: `lr` for tuned blocks, x `head_lr_mult`
   for the head. `clip_norm` clips the trainable gradients' global norm first.
+  `cached`: the step takes the frozen blocks' output instead of images and runs
+  only the blocks from `trainable_from` on.
   """
   config = config_lib.defaults()
   trainable = freeze(model, trainable_from)
@@ -135,10 +138,11 @@ def make_train_step(model: nn.Sequential, trainable_from: int, clip_norm: float 
             {"params": [p for p in trainable if id(p) in head],
              "lr": config.lr * config.head_lr_mult}]
   optimizer = torch.optim.SGD([g for g in groups if g["params"]], momentum=config.momentum)
+  trained = model[trainable_from:] if cached else model
 
   def step(images, labels):
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    loss = F.cross_entropy(trained(images), labels)
     loss.backward()
     if clip_norm is not None:
       nn.utils.clip_grad_norm_(trainable, clip_norm)
@@ -171,10 +175,14 @@ def rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, repe
             torch.softmax(model(images), -1)
       trainable = 0
     else:
-      step = make_train_step(model, scheme.trainable_from, scheme.clip_norm)
-      def run_steps(k):
+      step = make_train_step(model, scheme.trainable_from, scheme.clip_norm, scheme.cached)
+      inputs = images
+      if scheme.cached:  # the frozen (eval-mode) blocks' output, as a feature cache holds it
+        with torch.no_grad():
+          inputs = model[:scheme.trainable_from](images)
+      def run_steps(k, inputs=inputs):
         for _ in range(k):
-          step(images, labels)
+          step(inputs, labels)
       trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     speed = common.images_per_second(run_steps, batch, repeats, steps)
     model.zero_grad(set_to_none=True)  # the next scheme starts without this one's gradients

@@ -156,6 +156,12 @@ def test_resolve_downloads_a_missing_standard_file(dirs, fetches):
   assert path == dirs["arg"] / "resnet18-f37072fd.pth"
 
 
+def test_resolve_downloads_a_missing_keras_application_file(dirs, fetches):
+  name = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+  pretrained.resolve(name, str(dirs["arg"]))
+  assert fetches == [(tuning.convert.KERAS_URLS["inception_v3_notop"], dirs["arg"])]
+
+
 def test_resolve_without_download_raises_for_a_standard_file(dirs, fetches):
   with pytest.raises(FileNotFoundError, match="resnet18-f37072fd.pth"):
     pretrained.resolve("resnet18-f37072fd.pth", str(dirs["arg"]), download=False)

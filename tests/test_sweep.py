@@ -1,4 +1,5 @@
 """Sweep bookkeeping: each run once, across processes sharing a workdir."""
+import json
 import subprocess
 import sys
 import textwrap
@@ -28,8 +29,8 @@ def test_a_run_locked_by_another_process_is_skipped_and_others_run(tmp_path, mon
   trained = []
   def fake_train(run_config, workdir):
     trained.append(run_config.scheme)
-    row = {**{k: run_config[k] for k in sweep.RUN_KEY}, "test_auc": 0.5, "test_acc": 0.5,
-           "diverged_at_epoch": None, "wall_s": 1.0}
+    row = {"scheme": run_config.scheme, "config": json.loads(run_config.to_json()),
+           "test_auc": 0.5, "test_acc": 0.5, "diverged_at_epoch": None, "wall_s": 1.0}
     train.append_result(f"{workdir}/results.jsonl", row)
     return row
   monkeypatch.setattr(train, "train_and_evaluate", fake_train)
@@ -47,3 +48,16 @@ def test_a_run_locked_by_another_process_is_skipped_and_others_run(tmp_path, mon
   sweep.run_sweep(config, str(tmp_path))
   assert trained == ["all", "head"]
   assert sorted(r["scheme"] for r in report.read_results(str(tmp_path))) == ["all", "head"]
+
+
+def test_a_run_is_the_same_run_whatever_grid_it_was_part_of():
+  config = config_lib.defaults()
+  config.scheme = "head"
+  other = config.copy_and_resolve_references()
+  other.schemes, other.seeds, other.progress, other.data_dir = ("head",), (0, 1), False, "/elsewhere"
+  assert sweep.run_key(config) == sweep.run_key(other)
+  assert sweep.run_key(config) == sweep.run_key(json.loads(other.to_json()))  # as a row holds it
+  for key, value in (("lr", 0.5), ("balance", True), ("image_size", 96), ("seed", 1)):
+    changed = config.copy_and_resolve_references()
+    changed[key] = value
+    assert sweep.run_key(changed) != sweep.run_key(config), key

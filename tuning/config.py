@@ -11,13 +11,18 @@ import difflib
 import jax
 import ml_collections
 
-from tuning import depth, models
+from tuning import augment, datasets, depth, models
 
 
 def defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.dataset = "pneumoniamnist"  # a MedMNIST 2D file NAME.npz in the data dir
-  c.data_dir = ""  # "" -> $TUNING_DATA_DIR, then ~/.cache/tuning/data
+  # NAME: a MedMNIST 2D file NAME.npz in the data dir; folder:PATH: images in class
+  # folders; tfds:NAME: a tfds builder prepared as array_record (tuning/datasets/)
+  c.dataset = "pneumoniamnist"
+  c.data_dir = ""  # "" -> $TUNING_DATA_DIR, then ~/.cache/tuning/data (tfds: its own default)
+  c.load_size = 0  # folder/tfds images resized to this square on load; 0 = as stored
+  c.split_fractions = (0.7, 0.1, 0.2)  # train/val/test shares for splits a source lacks
+  c.split_seed = 0  # fixed across runs, so every run is tested on the same images
   c.arch = "mobilenet_v2"
   c.weights = "mobilenet_v2-b0353104.pth"  # path or file name in the weights dir; "" = none
   c.weights_dir = ""  # "" -> $TUNING_WEIGHTS_DIR, then ~/.cache/tuning/weights
@@ -27,6 +32,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.schemes = ("scratch", "head", "from:block6", "from:block4", "all")  # what `tuning sweep` runs
   c.train_fraction = 1.0  # stratified subset of the training split
   c.train_fractions = ()  # what `tuning sweep` runs; () = (train_fraction,)
+  c.balance = False  # down-sample the training classes to the smallest (Tajbakhsh 2016)
+  c.augment = ""  # comma list of tuning/augment.py OPS, e.g. "crop,hflip,rot90"; "" = none
+  c.augment_copies = 0  # 0: augment each batch on the fly; k: k fixed copies per image
   c.seed = 0
   c.seeds = ()  # what `tuning sweep` runs; () = (seed,)
   c.image_size = 64
@@ -38,6 +46,16 @@ def defaults() -> ml_collections.ConfigDict:
   c.scratch_lr = 0.05  # every layer of a `scratch` run
   c.momentum = 0.9
   c.lr_decay_per_epoch = 0.95
+  c.bias_lr_mult = 1.0  # Caffe's convention, Tajbakhsh 2016: 2.0
+  c.weight_decay = 0.0  # decoupled, kernels only, never on frozen parameters
+  c.layer_decay = 0.75  # scheme `llrd`: block b of H below the head learns at lr * decay**(H - b)
+  c.l2sp_strength = 0.01  # scheme `l2sp`: strength / 2 * ||w - w_pretrained||^2
+  # ((regex, multiplier or None), ...) over names like "block4/unit0/expand/conv/kernel";
+  # every parameter must match exactly one rule; None freezes. () = no rules.
+  c.schedule = ()
+  # Run the frozen blocks once per image, not once per epoch, where that gives the
+  # same inputs to the trained blocks (tuning/feature_cache.py says when); False: never.
+  c.cache_features = True
   c.progress = True  # progress bars
   return c
 
@@ -49,6 +67,11 @@ _CHECKS = {
     "seeds": (lambda v: all(isinstance(x, int) and not isinstance(x, bool) for x in v),
               "a tuple of integers"),
     "image_size": (lambda v: v >= 32, ">= 32 (the networks downsample 32x)"),
+    "load_size": (lambda v: v >= 0, ">= 0 (0 keeps the stored size)"),
+    "split_fractions": (lambda v: len(v) == 3 and all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in v),
+                        "three positive train/val/test proportions"),
+    "augment_copies": (lambda v: v >= 0, ">= 0"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "epochs": (lambda v: v >= 1, ">= 1"),
     "patience": (lambda v: v >= 1, ">= 1"),
@@ -57,6 +80,13 @@ _CHECKS = {
     "scratch_lr": (lambda v: v > 0, "> 0"),
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "lr_decay_per_epoch": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "bias_lr_mult": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "l2sp_strength": (lambda v: v >= 0, ">= 0"),
+    "schedule": (lambda v: all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str)
+                               and (r[1] is None or isinstance(r[1], (int, float))) for r in v),
+                 "a tuple of (regex, multiplier or None) pairs"),
 }
 
 
@@ -94,5 +124,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "batch_size" not in bad and config.batch_size % jax.device_count():
     problems.append(f"config.batch_size = {config.batch_size}: must be a multiple of the "
                     f"{jax.device_count()} devices the batch is sharded over")
+  if "dataset" not in bad:
+    try:
+      datasets.parse(config.dataset)
+    except ValueError as e:
+      problems.append(f"config.dataset: {e}")
+  if "augment" not in bad:
+    try:
+      ops = augment.parse(config.augment)
+    except ValueError as e:
+      problems.append(f"config.augment: {e}")
+    else:
+      if not ops and "augment_copies" not in bad and config.augment_copies:
+        problems.append(f"config.augment_copies = {config.augment_copies}: needs "
+                        "config.augment to name the augmentations to pre-generate")
   if problems:
     raise ValueError("invalid config:\n  " + "\n  ".join(problems))

@@ -32,16 +32,22 @@ class Scheme:
   pretrained: bool
 
 
+# Deep tuning with a strategy (see tuning/schedule.py): `llrd` decays the rate layer by
+# layer from the head down (config.layer_decay); `l2sp` pulls the weights toward the
+# pretrained ones (config.l2sp_strength) rather than toward zero.
+STRATEGIES = ("llrd", "l2sp")
+
+
 def valid_schemes(block_names: Sequence[str]) -> list[str]:
-  return ["scratch", "all", "head", *(f"from:{b}" for b in block_names),
+  return ["scratch", "all", *STRATEGIES, "head", *(f"from:{b}" for b in block_names),
           f"FT:only {block_names[-1]}", *(f"FT:{b}-{block_names[-1]}" for b in block_names[:-1])]
 
 
 def parse_scheme(scheme: str, block_names: Sequence[str]) -> Scheme:
   """Resolves a scheme string against a model's ordered blocks."""
   last = block_names[-1]
-  if scheme in ("scratch", "all"):
-    return Scheme(scheme, 0, pretrained=scheme == "all")
+  if scheme in ("scratch", "all", *STRATEGIES):
+    return Scheme(scheme, 0, pretrained=scheme != "scratch")
   if scheme in ("head", f"FT:only {last}"):
     return Scheme(scheme, len(block_names) - 1, pretrained=True)
   first = scheme.removeprefix("from:") if scheme.startswith("from:") else None

@@ -48,3 +48,6 @@ MINUS_ONE_TO_ONE = Preprocess("minus_one_to_one", mean=(127.5,) * 3, std=(127.5,
 # weights see it. Caffe subtracted its ILSVRC-2012 mean image, whose channel
 # means (104.0, 116.7, 122.7) are the usual per-channel stand-in, here rounded.
 CAFFE_IMAGENET = Preprocess("caffe_imagenet", mean=(104.0, 117.0, 123.0), std=(1.0,) * 3, bgr=True)
+# Keras VGG16/VGG19 weights, `preprocess_input(mode="caffe")`: BGR in 0..255 minus
+# the ImageNet channel means, in BGR order, not divided by any std.
+KERAS_CAFFE = Preprocess("keras_caffe", mean=(103.939, 116.779, 123.68), std=(1.0,) * 3, bgr=True)

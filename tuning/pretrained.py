@@ -18,7 +18,8 @@ from tuning import convert
 from tuning.convert import converted
 from tuning.preprocess import Preprocess
 
-WEIGHTS_FORMATS = ("torchvision", "tflite")  # each has a `convert.from_<format>`
+# Each has a `convert.from_<format>`.
+WEIGHTS_FORMATS = ("torchvision", "tflite", "numpy_pickle", "timm", "keras")
 
 
 def weights_dir(configured: str | None = None) -> pathlib.Path:
@@ -34,7 +35,7 @@ def weights_dir(configured: str | None = None) -> pathlib.Path:
 def resolve(weights: str, configured_dir: str | None = None, download: bool = True) -> pathlib.Path:
   """A weights file: an existing path, or a file name in the weights dir.
 
-  A missing standard torchvision file is downloaded into the weights dir.
+  A missing standard torchvision or Keras ImageNet file is downloaded into the weights dir.
   """
   path = pathlib.Path(weights).expanduser()
   if path.is_file():
@@ -42,7 +43,9 @@ def resolve(weights: str, configured_dir: str | None = None, download: bool = Tr
   candidate = weights_dir(configured_dir) / path.name
   if candidate.is_file():
     return candidate
-  url = next((u for u in convert.URLS.values() if u.rsplit("/", 1)[-1] == path.name), None)
+  # torchvision's and Keras's files have unique names (timm's are all model.safetensors).
+  urls = (*convert.URLS.values(), *convert.KERAS_URLS.values())
+  url = next((u for u in urls if u.rsplit("/", 1)[-1] == path.name), None)
   if url and download:
     try:
       return convert.fetch(url, candidate.parent)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from typing import Iterator
 
@@ -10,10 +11,7 @@ import ml_collections
 from tqdm import tqdm
 
 from tuning import config as config_lib
-from tuning import pretrained, report, train
-
-RUN_KEY = ("dataset", "arch", "weights", "scheme", "train_fraction", "seed")
-
+from tuning import report, train
 
 @contextlib.contextmanager
 def run_lock(workdir: str, name: str) -> Iterator[bool]:
@@ -36,13 +34,13 @@ def run_lock(workdir: str, name: str) -> Iterator[bool]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_key(config: ml_collections.ConfigDict) -> tuple:
-  """The config's run as its result row names it (weights: the source actually loaded)."""
-  return tuple(pretrained.source(config) if k == "weights" else config[k] for k in RUN_KEY)
+def run_key(config: ml_collections.ConfigDict | dict) -> str:
+  """A run's identity (`train.run_identity`) as a hashable string; rows give their config."""
+  return json.dumps(train.run_identity(config), sort_keys=True)
 
 
-def _finished(workdir: str) -> set[tuple]:
-  return {tuple(row[k] for k in RUN_KEY) for row in report.read_results(workdir)}
+def _finished(workdir: str) -> set[str]:
+  return {run_key(row["config"]) for row in report.read_results(workdir) if "config" in row}
 
 
 def grid(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:

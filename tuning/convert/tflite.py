@@ -1,4 +1,4 @@
-"""Converts TFLite MobileNetV2 files (quantized or float) to the Flax MobileNetV2.
+"""Converts TFLite MobileNet V1 and V2 files (quantized or float) to the Flax models.
 
 TFLite files hold BatchNorm already folded into conv biases, so the Flax model is
 built with `folded_bn=True` (and TensorFlow's SAME padding). A file carries no
@@ -21,6 +21,7 @@ from tflite.utils import BUILTIN_OPCODE2NAME
 
 from tuning import models
 from tuning.convert.common import ConversionError, Link, check_and_build, expected_variables
+from tuning.models import mobilenet_v1
 from tuning.models.mobilenet_v2 import STAGES
 from tuning.preprocess import MINUS_ONE_TO_ONE, Preprocess
 
@@ -41,7 +42,7 @@ _PERMS = {"CONV_2D": (1, 2, 3, 0), "DEPTHWISE_CONV_2D": (1, 2, 0, 3)}
 
 @dataclasses.dataclass(frozen=True)
 class _Layer:
-  """A conv of the Flax MobileNetV2 and the TFLite op that must implement it."""
+  """A conv of the Flax model and the TFLite op that must implement it."""
   path: tuple[str, ...]
   op: str
   strides: int = 1
@@ -74,6 +75,27 @@ def _mobilenet_v2_layers() -> list[_Layer]:
   layers.append(_Layer(("conv_last",), "CONV_2D"))
   layers.append(_Layer(_HEAD, "CONV_2D", activation="NONE"))
   return layers
+
+
+def _mobilenet_v1_layers() -> list[_Layer]:
+  """The convs of the Flax MobileNetV1 (any width) in execution order, as TFLite ops."""
+  layers = [_Layer(("stem",), "CONV_2D", strides=2)]
+  for b, (_, units, first_strides) in enumerate(mobilenet_v1.STAGES, start=1):
+    for u in range(units):
+      unit = (f"block{b}", f"unit{u}")
+      layers.append(_Layer((*unit, "depthwise"), "DEPTHWISE_CONV_2D",
+                           first_strides if u == 0 else 1))
+      layers.append(_Layer((*unit, "pointwise"), "CONV_2D"))
+  layers.append(_Layer(_HEAD, "CONV_2D", activation="NONE"))
+  return layers
+
+
+# arch -> its convs in execution order. The widths of MobileNetV1 share one op
+# sequence; the weights' shapes tell them apart.
+_ARCH_LAYERS = {
+    "mobilenet_v2": _mobilenet_v2_layers,
+    **{f"mobilenet_v1_{alpha}": _mobilenet_v1_layers for alpha in mobilenet_v1.WIDTHS},
+}
 
 
 class _Graph:
@@ -157,9 +179,9 @@ def _is_plain_add(graph: _Graph, name: str, op: tflite.Operator) -> bool:
           == tflite.ActivationFunctionType.NONE)
 
 
-def _match(graph: _Graph,
-           layers: list[_Layer]) -> dict[tuple[str, ...], tuple[int, str, tflite.Operator]]:
-  """Pairs each layer with its op, `{path: (index, name, op)}`, checking the op sequence.
+def _match(graph: _Graph, layers: list[_Layer],
+           arch: str) -> dict[tuple[str, ...], tuple[int, str, tflite.Operator]]:
+  """Pairs each layer of `arch` with its op, `{path: (index, name, op)}`, checking the op sequence.
 
   Between the layers the sequence must have the residual ADDs and the global
   pool before the classifier; after it, only reshapes and the softmax.
@@ -179,7 +201,7 @@ def _match(graph: _Graph,
     expected = str(step) if isinstance(step, _Layer) else step[0]
     if i is None:
       raise ConversionError(f"{graph.path}: the graph ends after op {last}, expected {expected} "
-                            "(not a MobileNetV2)")
+                            f"(not a {arch})")
     if isinstance(step, _Layer):
       found = _describe(name, op) if name in _PERMS else name
       ok = found == step.requirement
@@ -188,7 +210,7 @@ def _match(graph: _Graph,
       found, ok = name, step[1](graph, name, op)
     if not ok:
       raise ConversionError(f"{graph.path}: op {i} is {found}, expected {expected} "
-                            "(not a MobileNetV2 as built here)")
+                            f"(not a {arch} as built here)")
     last = i
   for i, name, _ in ops:
     if name not in _AFTER_CLASSIFIER:
@@ -201,12 +223,13 @@ def from_tflite(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pr
   """Builds the Flax `arch` with the (dequantized) weights of a TFLite file.
 
   Args:
-    arch: "mobilenet_v2" (TF-slim / TF-Hub MobileNetV2 1.0, float, uint8 or int8).
+    arch: "mobilenet_v2" (TF-slim / TF-Hub MobileNetV2 1.0) or "mobilenet_v1_{alpha}"
+      (TF-slim MobileNet V1 at width `alpha`), float, uint8 or int8.
     path: the `.tflite` file.
 
   Returns:
-    `(model, variables, preprocess)`: `MobileNetV2(same_padding=True,
-    folded_bn=True)` with as many classes as the file's classifier (1001 for
+    `(model, variables, preprocess)`: the model with `same_padding=True,
+    folded_bn=True` and as many classes as the file's classifier (1001 for
     ImageNet files, index 0 = background), `{"params": ...}` as float32 numpy
     arrays, and the [-1, 1] input convention of these files.
 
@@ -214,11 +237,11 @@ def from_tflite(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pr
     ConversionError: naming the file and the first op that is not what the
       model expects, or every weight whose shape differs.
   """
-  if arch != "mobilenet_v2":
-    raise ValueError(f"from_tflite supports arch 'mobilenet_v2', not {arch!r}")
+  if arch not in _ARCH_LAYERS:
+    raise ValueError(f"from_tflite supports arch {sorted(_ARCH_LAYERS)}, not {arch!r}")
   path = os.fspath(path)
   graph = _Graph(path)
-  matched = _match(graph, _mobilenet_v2_layers())
+  matched = _match(graph, _ARCH_LAYERS[arch](), arch)
   source, links = {}, {}
   for layer_path, (i, name, op) in matched.items():
     weights_key, bias_key = f"op {i} {name} weights", f"op {i} {name} bias"
@@ -234,7 +257,7 @@ def from_tflite(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pr
     if op.InputsLength() > 2 and op.Inputs(2) >= 0:
       source[bias_key] = graph.constant(op.Inputs(2))
   num_classes = source[links[("params", *_HEAD, "kernel")].key].shape[0]
-  model = models.create("mobilenet_v2", num_classes, same_padding=True, folded_bn=True)
+  model = models.create(arch, num_classes, same_padding=True, folded_bn=True)
   variables = check_and_build(expected_variables(model), links, source, path,
-                              target=f"MobileNetV2 1.0 with {num_classes} classes")
+                              target=f"{arch} with {num_classes} classes")
   return model, variables, MINUS_ONE_TO_ONE

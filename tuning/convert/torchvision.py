@@ -5,6 +5,9 @@ onto them by name: each conv kernel is moved from OIHW to HWIO (which also takes
 a depthwise (C, 1, k, k) kernel to (k, k, 1, C)), each linear weight is
 transposed, and BatchNorm weight/bias/running statistics become scale/bias and
 the `batch_stats` mean/var.
+
+EfficientNet-Lite0 files in the layout of efficientnet-lite-pytorch (a PyTorch
+port of the TensorFlow Lite models) are PyTorch state dicts too, and convert here.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tuning import models
 from tuning.download import download
 from tuning.convert.common import Link, check_and_build, expected_variables
 from tuning.convert.torch_pickle import load_state_dict
+from tuning.models.efficientnet import STAGES as EFFICIENTNET_STAGES
 from tuning.models.mobilenet_v2 import STAGES
 from tuning.models.vgg import VGG16, VGG19
 from tuning.preprocess import TORCHVISION, Preprocess
@@ -33,6 +37,8 @@ URLS = {
     "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
     "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    "squeezenet1_1": "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+    "efficientnet_b0": "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
 }
 
 _OIHW_TO_HWIO = (2, 3, 1, 0)
@@ -96,6 +102,81 @@ def _densenet_modules(path: tuple[str, ...]) -> tuple[str | None, str]:
   layer, name = rest
   prefix = f"features.denseblock{k}.denselayer{int(layer.removeprefix('layer')) + 1}"
   return f"{prefix}.{name}", f"{prefix}.norm{name.removeprefix('conv')}"
+
+
+def _efficientnet_module(path: tuple[str, ...]) -> str:
+  """torchvision module of a `ConvNormAct` or a squeeze-excitation of the Flax EfficientNet-B0.
+
+  `features.0` is the stem, `features.N.j` unit j of stage N and `features.8`
+  the last conv. A unit's `block` Sequential holds the expand conv (absent at
+  expansion 1), the depthwise conv, the squeeze-excitation and the projection,
+  each conv a `Conv2dNormActivation` (conv `.0`, BatchNorm `.1`).
+  """
+  if len(path) == 1:
+    return f"features.{0 if path == ('stem',) else len(EFFICIENTNET_STAGES) + 1}"
+  block, unit, name = path
+  stage = int(block.removeprefix("block"))
+  names = ("expand", "depthwise", "se", "project")[EFFICIENTNET_STAGES[stage - 1][0] == 1:]
+  return f"features.{stage}.{unit.removeprefix('unit')}.block.{names.index(name)}"
+
+
+def _efficientnet_links(expected, classifier: str) -> dict[tuple[str, ...], Link]:
+  """Links for the Flax EfficientNet-B0: `_conv_bn_links`, plus the squeeze-excitations' convs.
+
+  Those are `fc1` and `fc2`, 1x1 convs with bias and no BatchNorm.
+  """
+  links = _conv_bn_links(expected, classifier,
+                         lambda path: (f"{_efficientnet_module(path)}.0",
+                                       f"{_efficientnet_module(path)}.1"))
+  for path in expected:
+    _, *module, layer, leaf = path
+    if module[-1:] == ["se"]:
+      links[path] = Link(f"{_efficientnet_module(tuple(module))}.{layer}."
+                         f"{'weight' if leaf == 'kernel' else leaf}",
+                         _OIHW_TO_HWIO if leaf == "kernel" else None)
+  return links
+
+
+def _efficientnet_lite_modules(path: tuple[str, ...]) -> tuple[str, str]:
+  """(conv, bn) prefixes of a `ConvNormAct` of the Flax EfficientNet-Lite0.
+
+  The layout is efficientnet-lite-pytorch's: that package (a fork of
+  lukemelas/EfficientNet-PyTorch) numbers the units through all stages
+  (`_blocks.n`) and names a unit's convs `_expand_conv`, `_depthwise_conv` and
+  `_project_conv`, their BatchNorms `_bn0`, `_bn1` and `_bn2`; the stem is
+  `_conv_stem`/`_bn0`, the last conv `_conv_head`/`_bn1` and the classifier `_fc`.
+  """
+  if path == ("stem",):
+    return "_conv_stem", "_bn0"
+  if path == ("conv_last",):
+    return "_conv_head", "_bn1"
+  block, unit, name = path
+  stage = int(block.removeprefix("block")) - 1
+  n = sum(units for *_, units, _ in EFFICIENTNET_STAGES[:stage]) + int(unit.removeprefix("unit"))
+  bn = ("expand", "depthwise", "project").index(name)
+  return f"_blocks.{n}._{name}_conv", f"_blocks.{n}._bn{bn}"
+
+
+# torchvision SqueezeNet 1.1's module of each Flax block but the head: its `features`
+# Sequential numbers conv1, its ReLU and every max-pool as well as the Fire modules.
+_SQUEEZENET_MODULES = {"stem": "features.0", "fire2": "features.3", "fire3": "features.4",
+                       "fire4": "features.6", "fire5": "features.7", "fire6": "features.9",
+                       "fire7": "features.10", "fire8": "features.11", "fire9": "features.12"}
+
+
+def _squeezenet_links(expected, classifier: str) -> dict[tuple[str, ...], Link]:
+  """Links for the Flax SqueezeNet 1.1, whose layers are all convs with bias.
+
+  A Fire module's convs keep their torchvision names (`squeeze`, `expand1x1`,
+  `expand3x3`); the head's 1x1 conv is `classifier` (`classifier.1`).
+  """
+  links = {}
+  for path in expected:
+    _, block, *module, _, leaf = path  # e.g. ("params", "fire2", "squeeze", "conv", "kernel")
+    prefix = classifier if block == "head" else ".".join([_SQUEEZENET_MODULES[block], *module])
+    links[path] = Link(f"{prefix}.{'weight' if leaf == 'kernel' else leaf}",
+                       _OIHW_TO_HWIO if leaf == "kernel" else None)
+  return links
 
 
 # torchvision's dense layers once named their modules "norm.1", "conv.2", ..., and
@@ -178,7 +259,16 @@ _ARCHS: dict[str, tuple[Callable[[dict, str], dict[tuple[str, ...], Link]], str]
     "densenet121": (functools.partial(_conv_bn_links, modules=_densenet_modules), "classifier"),
     "vgg16": (functools.partial(_vgg_links, depths=VGG16), "classifier.6"),
     "vgg19": (functools.partial(_vgg_links, depths=VGG19), "classifier.6"),
+    "squeezenet1_1": (_squeezenet_links, "classifier.1"),
+    "efficientnet_b0": (_efficientnet_links, "classifier.1"),
+    "efficientnet_lite0": (functools.partial(_conv_bn_links, modules=_efficientnet_lite_modules),
+                           "_fc"),
 }
+
+# The EfficientNet-Lite models were trained in TensorFlow on (pixels - 127) / 128.
+EFFICIENTNET_LITE = Preprocess("efficientnet_lite", mean=(127.0,) * 3, std=(128.0,) * 3)
+# The input convention of each arch whose weights were not trained on torchvision's.
+_PREPROCESS = {"efficientnet_lite0": EFFICIENTNET_LITE}
 
 # Variants with a new head on an arch's trunk: a checkpoint converts as that arch,
 # checking every key, and gives the variant every block but the `head`, which
@@ -206,8 +296,9 @@ def from_torchvision(
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
     checkpoint's classifier, `{"params"}` (and `"batch_stats"` if it has
-    BatchNorm) as float32 numpy arrays, and the input convention of torchvision
-    weights. A `_NEW_HEAD_VARIANTS` model gets every block but its `head`.
+    BatchNorm) as float32 numpy arrays, and the input convention of the
+    weights (torchvision's, or `_PREPROCESS[arch]`). A `_NEW_HEAD_VARIANTS`
+    model gets every block but its `head`.
 
   Raises:
     ConversionError: listing every missing, unexpected or mis-shaped key.
@@ -227,15 +318,33 @@ def from_torchvision(
     name, state = "the state dict given", {k: _as_numpy(v) for k, v in source.items()}
   state = {_OLD_DENSE_LAYER_KEY.sub(r"\1\2", key): value for key, value in state.items()}
   links, classifier = _ARCHS[arch]
+  model, variables = build(arch, state, name, links, classifier, "torchvision")
+  return model, variables, _PREPROCESS.get(arch, TORCHVISION)
+
+
+def build(arch: str, state: Mapping[str, np.ndarray], name: str,
+          links: Callable[[dict, str], dict[tuple[str, ...], Link]], classifier: str,
+          source: str) -> tuple[nn.Module, dict]:
+  """The Flax `arch` and its variables from a PyTorch state dict, checked as a whole.
+
+  Shared by the converters of PyTorch model zoos (torchvision, timm), which differ
+  only in their `links`. The model gets as many classes as the `classifier`
+  weight has rows; BatchNorm step counters may stay unused.
+
+  Raises:
+    ConversionError: naming `name` and the `source` model, listing every
+      missing, unexpected or mis-shaped key.
+  """
   weight = state.get(f"{classifier}.weight")
-  num_classes = weight.shape[0] if weight is not None and weight.ndim == 2 else 1000
+  # A linear layer, or SqueezeNet's 1x1 conv (classes, C, 1, 1).
+  num_classes = weight.shape[0] if weight is not None and weight.ndim in (2, 4) else 1000
   model = models.create(arch, num_classes)
   expected = expected_variables(model)
   variables = check_and_build(
       expected, links(expected, classifier), state, name,
-      target=f"torchvision {arch} with {num_classes} classes",
+      target=f"{source} {arch} with {num_classes} classes",
       unused_ok=lambda key: key.endswith(".num_batches_tracked"))
-  return model, variables, TORCHVISION
+  return model, variables
 
 
 def fetch(url: str, dest_dir: str | os.PathLike) -> Path:

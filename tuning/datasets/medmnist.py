@@ -26,6 +26,9 @@ SPLITS = ("train", "val", "test")
 class Split:
   """One split. `images`: uint8 `(N, H, W, 3)`; `labels`: int32 `(N,)`.
 
+  `images` is an array, or for data too large for memory an object that decodes
+  rows when indexed (`tfds_source.Images`: `len`, `shape`, `[index]`, and
+  `take(index, axis=0)` returning a view); labels are always in memory.
   `eq=False`: comparing arrays field by field has no single truth value.
   """
   images: np.ndarray
@@ -113,7 +116,8 @@ def subsample(split: Split, fraction: float, seed: int) -> Split:
     members = rng.permutation(np.flatnonzero(split.labels == c))
     keep.append(members[:max(1, round(fraction * len(members)))])
   index = np.sort(np.concatenate(keep))
-  return Split(images=split.images[index], labels=split.labels[index])
+  # `take`, not `[index]`: lazily read images return a view instead of decoding.
+  return Split(images=split.images.take(index, axis=0), labels=split.labels[index])
 
 
 def _download(url: str, path: pathlib.Path, found: str) -> None:

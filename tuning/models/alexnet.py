@@ -134,8 +134,9 @@ class _AlexNet(nn.Module):
   min_size: ClassVar[int]
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0) -> jax.Array:
-    if min(x.shape[1:3]) < self.min_size:
+  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
+               start: int = 0, stop: int | None = None) -> jax.Array:
+    if start == 0 and min(x.shape[1:3]) < self.min_size:  # x is an image
       raise ValueError(f"{type(self).__name__} needs images of at least {self.min_size} px, "
                        f"got {x.shape[1]}x{x.shape[2]}")
     blocks = [(f"conv{i}", ConvBlock(*spec, ceil_mode=self.ceil_mode, name=f"conv{i}"))
@@ -145,7 +146,8 @@ class _AlexNet(nn.Module):
       name = f"fc{6 + i}"
       blocks.append((name, FullyConnected(features, self.dropout_rate if dropout else 0.0,
                                           relu=i < 2, flatten=i == 0, name=name)))
-    return run_blocks(blocks, x, train=train, trainable_from=trainable_from)
+    return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
+                      start=start, stop=stop)
 
 
 class AlexNet(_AlexNet):

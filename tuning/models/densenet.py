@@ -66,10 +66,12 @@ class DenseNet(nn.Module):
   block_names: ClassVar[tuple[str, ...]] = ("stem", "block1", "block2", "block3", "block4", "head")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
+               start: int = 0, stop: int | None = None) -> jax.Array:
     blocks = [("stem", Stem(name="stem"))]
     for i, units in enumerate(self.units, start=1):
       blocks.append((f"block{i}", DenseBlock(units, self.growth, self.bn_size,
                                              last=i == len(self.units), name=f"block{i}")))
     blocks.append(("head", ClassifierHead(self.num_classes, name="head")))
-    return run_blocks(blocks, x, train=train, trainable_from=trainable_from)
+    return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
+                      start=start, stop=stop)

@@ -11,20 +11,23 @@ import jax.numpy as jnp
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def conv_padding(hw: Sequence[int], kernel: int, stride: int, same: bool) -> Padding:
-  """Explicit (height, width) padding for a square `kernel` conv on an `hw` input.
+def conv_padding(hw: Sequence[int], kernel: int | Sequence[int], stride: int,
+                 same: bool) -> Padding:
+  """Explicit (height, width) padding for a `kernel` conv (square, or (height, width)) on `hw`.
 
   PyTorch pads `(kernel-1)//2` on both sides. TensorFlow's 'SAME' pads so the
   output has ceil(size/stride) pixels and puts the odd pixel at the end, which
   differs from PyTorch for stride-2 convs on even inputs: converted weights only
   reproduce their source with their own convention.
   """
-  def pad(size):
+  kernels = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+
+  def pad(size, kernel):
     if not same:
       return ((kernel - 1) // 2,) * 2
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return (total // 2, total - total // 2)
-  return (pad(hw[0]), pad(hw[1]))
+  return (pad(hw[0], kernels[0]), pad(hw[1], kernels[1]))
 
 
 class DepthwiseConv(nn.Module):
@@ -65,15 +68,20 @@ class DepthwiseConv(nn.Module):
 
 
 def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: bool,
-               trainable_from: int) -> jax.Array:
+               trainable_from: int, start: int = 0, stop: int | None = None) -> jax.Array:
   """Applies the model's named blocks in order, freezing those below `trainable_from`.
 
   Frozen blocks run in inference mode (BatchNorm uses and keeps its running
   averages, dropout is off), and the activation entering the first trainable
   block is cut from the graph with `stop_gradient`, so no gradient work happens
   below the freeze boundary even when something later reads the frozen grads.
+
+  Only blocks `start` to `stop - 1` run (`stop=None`: to the end), `x` being what
+  enters block `start`: the frozen trunk, a fixed function of each image, can
+  then be run once per image (`stop=trainable_from`) and training continue from
+  its output (`start=trainable_from`; see tuning/feature_cache.py).
   """
-  for index, (_, block) in enumerate(blocks):
+  for index, (_, block) in list(enumerate(blocks))[start:stop]:
     if index == trainable_from and index > 0:
       x = jax.lax.stop_gradient(x)
     x = block(x, train=train and index >= trainable_from)
@@ -85,9 +93,17 @@ def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def batch_norm(train: bool) -> nn.BatchNorm:
-  """A BatchNorm named `bn` with PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 there)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")
+def batch_norm(train: bool, epsilon: float = 1e-5, use_scale: bool = True) -> nn.BatchNorm:
+  """A BatchNorm named `bn` with PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 there).
+
+  Weights trained in TensorFlow (EfficientNet-Lite) normalised with eps 1e-3
+  and only reproduce their outputs with it; the momentum, a training choice
+  rather than part of the weights, stays PyTorch's for every architecture.
+  `use_scale=False` leaves out the scale (gamma), as Keras's InceptionV3 does:
+  its ReLU follows directly, so a scale would only rescale what the next conv sees.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
+                      use_scale=use_scale, name="bn")
 
 
 class ConvNormAct(nn.Module):
@@ -95,13 +111,19 @@ class ConvNormAct(nn.Module):
 
   `folded_bn=True` is the layout of deployment files (TFLite) whose BatchNorm was
   folded into the conv: the conv gets a bias and there is no BatchNorm.
+  `bn_epsilon` is the BatchNorm's epsilon and `bn_scale=False` drops its scale
+  (see `batch_norm`). A full conv's `kernel_size` may be (height, width), and
+  `valid_padding=True` pads it not at all (Keras/TensorFlow 'valid').
   """
   features: int | None
-  kernel_size: int = 1
+  kernel_size: int | tuple[int, int] = 1
   strides: int = 1
   activation: Callable[[jax.Array], jax.Array] | None = nn.relu
   same_padding: bool = False
   folded_bn: bool = False
+  bn_epsilon: float = 1e-5
+  bn_scale: bool = True
+  valid_padding: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -110,11 +132,13 @@ class ConvNormAct(nn.Module):
       x = DepthwiseConv(k, s, self.same_padding, use_bias=self.folded_bn,
                         kernel_init=conv_init, name="conv")(x)
     else:
-      x = nn.Conv(self.features, (k, k), (s, s),
-                  padding=conv_padding(x.shape[1:3], k, s, self.same_padding),
+      kernel = (k, k) if isinstance(k, int) else tuple(k)
+      padding = (((0, 0), (0, 0)) if self.valid_padding
+                 else conv_padding(x.shape[1:3], kernel, s, self.same_padding))
+      x = nn.Conv(self.features, kernel, (s, s), padding=padding,
                   use_bias=self.folded_bn, kernel_init=conv_init, name="conv")(x)
     if not self.folded_bn:
-      x = batch_norm(train)(x)
+      x = batch_norm(train, self.bn_epsilon, self.bn_scale)(x)
     return x if self.activation is None else self.activation(x)
 
 

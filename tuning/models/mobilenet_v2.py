@@ -76,7 +76,8 @@ class MobileNetV2(nn.Module):
       "stem", *(f"block{i}" for i in range(1, 8)), "conv_last", "head")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
+               start: int = 0, stop: int | None = None) -> jax.Array:
     conv = lambda *a, **kw: ConvNormAct(*a, **kw, same_padding=self.same_padding,
                                         folded_bn=self.folded_bn)
     blocks = [("stem", conv(32, 3, 2, activation=relu6, name="stem"))]
@@ -85,4 +86,5 @@ class MobileNetV2(nn.Module):
                                         self.folded_bn, name=f"block{i}")))
     blocks.append(("conv_last", conv(1280, 1, activation=relu6, name="conv_last")))
     blocks.append(("head", ClassifierHead(self.num_classes, self.dropout_rate, name="head")))
-    return run_blocks(blocks, x, train=train, trainable_from=trainable_from)
+    return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
+                      start=start, stop=stop)

@@ -85,10 +85,12 @@ class ResNet(nn.Module):
   block_names: ClassVar[tuple[str, ...]] = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
+               start: int = 0, stop: int | None = None) -> jax.Array:
     blocks = [("stem", Stem(name="stem"))]
     for i, units in enumerate(self.units):
       blocks.append((f"layer{i + 1}", Layer(64 * 2**i, units, 1 if i == 0 else 2, self.block,
                                              name=f"layer{i + 1}")))
     blocks.append(("head", ClassifierHead(self.num_classes, name="head")))
-    return run_blocks(blocks, x, train=train, trainable_from=trainable_from)
+    return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
+                      start=start, stop=stop)

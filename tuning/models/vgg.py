@@ -78,10 +78,12 @@ class _VGGBase(nn.Module):
     raise NotImplementedError
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
+               start: int = 0, stop: int | None = None) -> jax.Array:
     blocks = [(name, ConvBlock(min(64 * 2**i, 512), convs, name=name))
               for i, (name, convs) in enumerate(zip(_CONV_BLOCKS, self.depths, strict=True))]
-    return run_blocks(blocks + self.top(), x, train=train, trainable_from=trainable_from)
+    return run_blocks(blocks + self.top(), x, train=train, trainable_from=trainable_from,
+                      start=start, stop=stop)
 
 
 class VGG(_VGGBase):

@@ -1,0 +1,219 @@
+"""Keras weight files convert exactly: parity with Keras 3 models, every file layout, key checks.
+
+The references are `keras.applications` models built in the test on Keras's
+JAX backend (no TensorFlow), with random weights, saved in Keras's own formats
+and converted without Keras.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import chex
+import h5py
+import jax
+import numpy as np
+import pytest
+
+import test_vgg
+from test_vgg import _NARROW
+from tuning.convert import ConversionError, from_keras
+from tuning.models import vgg
+from tuning.preprocess import KERAS_CAFFE, MINUS_ONE_TO_ONE
+
+os.environ["KERAS_BACKEND"] = "jax"
+keras = pytest.importorskip("keras", reason="Keras 3 parity references: pip install -e '.[parity]'")
+legacy_h5_format = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format",
+                                       reason="Keras 3 writes legacy .h5 weights with it")
+
+narrow = test_vgg.narrow  # a fixture: `vgg16`/`vgg19` with fc6/fc7 `_NARROW` wide
+# Keras's variables warn on every conversion to numpy (keras/src/backend/jax/core.py).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+@contextlib.contextmanager
+def _zero_kernels():
+  """Keras models built inside start with zero kernels, for `_randomize` to replace.
+
+  Keras draws its initial kernels with one XLA compilation per kernel shape,
+  which takes a minute for InceptionV3 on this CPU.
+  """
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(keras.initializers.GlorotUniform, "__call__",
+                  lambda self, shape, dtype=None: np.zeros(shape, "float32"))
+    yield
+
+
+def _build(application, **kwargs):
+  """A `keras.applications` model with weights from `_randomize`."""
+  with _zero_kernels():
+    model = application(weights=None, **kwargs)
+  _randomize(model)
+  return model
+
+
+def _randomize(model, seed=0):
+  """Random weights everywhere, the BatchNorm moving statistics too.
+
+  Keras starts them at mean 0 and variance 1, which would hide a mix-up of the two.
+  """
+  rng = np.random.default_rng(seed)
+  draw = {"kernel": lambda shape: rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape),
+          "bias": lambda shape: rng.normal(0, 0.1, shape),
+          "gamma": lambda shape: rng.uniform(0.5, 1.5, shape),
+          "beta": lambda shape: rng.normal(0, 0.2, shape),
+          "moving_mean": lambda shape: rng.normal(0, 0.2, shape),
+          "moving_variance": lambda shape: rng.uniform(0.5, 2.0, shape)}
+  model.set_weights([draw[v.name](v.shape).astype(np.float32) for v in model.weights])
+
+
+def _save_legacy(model, path):
+  """The layout of keras.applications' downloads: `layer_names` at the root.
+
+  Keras 3's `save_weights` no longer writes it, but its legacy saver does.
+  """
+  with h5py.File(path, "w") as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  return path
+
+
+def _images(height, width, seed=1):
+  return np.random.default_rng(seed).normal(size=(2, height, width, 3)).astype(np.float32)
+
+
+def _logits(model, variables, images):
+  return np.asarray(jax.jit(model.apply)(variables, images))
+
+
+def _assert_close(name, got, want):
+  print(f"{name}: max |logit diff| = {np.abs(got - want).max():.2e}, "
+        f"max |logit| = {np.abs(want).max():.1f}")
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def inception(tmp_path_factory):
+  """Keras's InceptionV3 at its smallest input (75 px), 7 classes, saved in every layout."""
+  reference = _build(keras.applications.InceptionV3, input_shape=(75, 75, 3), classes=7,
+                     classifier_activation=None)
+  directory = tmp_path_factory.mktemp("inception_v3")
+  paths = {"legacy": _save_legacy(reference, directory / "weights.h5"),
+           "model": directory / "model.h5",  # a whole model: weights under `model_weights`
+           "keras3": directory / "model.weights.h5"}
+  reference.save(paths["model"])
+  reference.save_weights(paths["keras3"])
+  return reference, paths, from_keras("inception_v3", paths["legacy"])
+
+
+def test_inception_v3_logits_match_keras(inception):
+  reference, _, (model, variables, preprocess) = inception
+  assert model.num_classes == 7 and preprocess == MINUS_ONE_TO_ONE
+  images = _images(75, 75)
+  _assert_close("inception_v3", _logits(model, variables, images),
+                np.asarray(reference.predict(images, verbose=0)))
+  # Keras counts the BatchNorm moving statistics too.
+  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == reference.count_params()
+
+
+@pytest.mark.parametrize("layout", ["model", "keras3"])
+def test_every_file_layout_gives_the_same_variables(inception, layout):
+  _, paths, (_, want, _) = inception
+  _, got, _ = from_keras("inception_v3", paths[layout])
+  chex.assert_trees_all_equal(got, want)
+
+
+def test_notop_file_gives_every_block_but_the_head(inception, tmp_path):
+  """A notop model built later in the session: Keras numbers its layers on from the first's."""
+  reference, _, (_, full, _) = inception
+  notop = _build(keras.applications.InceptionV3, input_shape=(75, 75, 3), include_top=False)
+  assert notop.layers[1].name != reference.layers[1].name  # e.g. conv2d_94, conv2d
+  notop.set_weights(reference.get_weights()[:-2])  # all but the classifier, in the same order
+  model, variables, _ = from_keras("inception_v3", _save_legacy(notop, tmp_path / "notop.h5"))
+  assert model.num_classes == 1000
+  chex.assert_trees_all_equal(
+      variables, {collection: {block: tree for block, tree in blocks.items() if block != "head"}
+                  for collection, blocks in full.items()})
+
+
+def test_every_problem_is_reported_at_once(inception, tmp_path):
+  _, paths, _ = inception
+  path = tmp_path / "broken.weights.h5"
+  shutil.copy(paths["keras3"], path)
+  with h5py.File(path, "r+") as f:
+    del f["layers/batch_normalization_5/vars/2"]
+    f["layers/conv2d_200/vars/0"] = np.zeros(3, np.float32)
+    del f["layers/conv2d_3/vars/0"]
+    f["layers/conv2d_3/vars/0"] = np.zeros((3, 3, 64, 80), np.float32)
+  with pytest.raises(ConversionError) as error:
+    from_keras("inception_v3", path)
+  message = str(error.value)
+  assert str(path) in message and "3 problem(s)" in message
+  assert "missing layers/batch_normalization_5/vars/2" in message
+  assert "unexpected layers/conv2d_200/vars/0 (3,)" in message
+  assert ("layers/conv2d_3/vars/0 has shape (3, 3, 64, 80), expected (1, 1, 64, 80)"
+          in message)
+
+
+def _vgg_top(num_classes):
+  """Keras VGG's top (flatten, fc1, fc2, predictions) but `_NARROW` wide."""
+  return [keras.layers.Flatten(name="flatten"),
+          keras.layers.Dense(_NARROW, activation="relu", name="fc1"),
+          keras.layers.Dense(_NARROW, activation="relu", name="fc2"),
+          keras.layers.Dense(num_classes, name="predictions")]
+
+
+@pytest.mark.usefixtures("narrow")
+def test_vgg16_logits_match_keras(tmp_path):
+  """Keras VGG16's layers with a narrow top, on 32 px: block5 leaves a 1x1 map.
+
+  Keras's VGG16 takes 224 px with its top, where fc1 sees a 7x7 map; at 32 px
+  the reference copies the 1x1 map to 7x7, as torchvision's adaptive pooling in
+  the Flax VGG does. The 7x7 flatten order itself is checked on fc6 alone.
+  """
+  with _zero_kernels():
+    trunk = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    top = _vgg_top(10)
+    x = keras.layers.UpSampling2D(7)(trunk.output)
+    for layer in top:
+      x = layer(x)
+    reference = keras.Model(trunk.input, x)
+  _randomize(reference)
+  path = _save_legacy(reference, tmp_path / "vgg16.h5")
+  model, variables, preprocess = from_keras("vgg16", path)
+  assert model.num_classes == 10 and preprocess == KERAS_CAFFE
+  images = _images(32, 32)
+  _assert_close("vgg16", _logits(model, variables, images),
+                np.asarray(reference.predict(images, verbose=0)))
+
+  maps = np.random.default_rng(2).normal(size=(2, 7, 7, 512)).astype(np.float32)
+  want = keras.Sequential([keras.Input((7, 7, 512)), *top]).predict(maps, verbose=0)
+  params = variables["params"]
+  h = vgg.FullyConnected(_NARROW, 0.5, flatten=True).apply({"params": params["fc6"]}, maps,
+                                                           train=False)
+  h = vgg.FullyConnected(_NARROW, 0.5).apply({"params": params["fc7"]}, h, train=False)
+  _assert_close("vgg16 fc6..head on 7x7", np.asarray(
+      vgg.Classifier(10).apply({"params": params["head"]}, h, train=False)), np.asarray(want))
+
+  _, gap, _ = from_keras("vgg16_gap", path)
+  chex.assert_trees_all_equal(gap["params"], {f"block{i}": params[f"block{i}"]
+                                              for i in range(1, 6)})
+
+
+def test_vgg19_gap_takes_the_conv_blocks_of_a_notop_file(tmp_path):
+  """A notop VGG19 in Keras 3's layout; 64 px leaves 2x2 maps for the global pool."""
+  reference = _build(keras.applications.VGG19, include_top=False, input_shape=(64, 64, 3))
+  reference.save_weights(tmp_path / "vgg19.weights.h5")
+  model, variables, preprocess = from_keras("vgg19_gap", tmp_path / "vgg19.weights.h5")
+  assert set(variables["params"]) == {f"block{i}" for i in range(1, 6)}
+  assert preprocess == KERAS_CAFFE
+  rng = np.random.default_rng(0)
+  head = {"kernel": rng.normal(0, 0.05, size=(512, 3)).astype(np.float32),
+          "bias": rng.normal(size=3).astype(np.float32)}
+  images = _images(64, 64)
+  features = np.asarray(reference.predict(images, verbose=0)).mean((1, 2))
+  want = features @ head["kernel"] + head["bias"]
+  got = _logits(model.clone(num_classes=3),
+                {"params": {**variables["params"], "head": {"classifier": head}}}, images)
+  _assert_close("vgg19_gap", got, want)
