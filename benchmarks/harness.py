@@ -1,7 +1,7 @@
 """`tuning bench`: train-step throughput per model and depth scheme, JAX beside PyTorch.
 
 Each JAX step is built exactly as training builds it (`tuning.train.make_train_step`
-over `tuning.depth.make_optimizer`, state replicated and batch sharded over every
+over `tuning.schedule.make_optimizer`, state replicated and batch sharded over every
 device, state donated) from random weights, and runs on one device-resident random
 batch, so the numbers are the step's alone, without the input pipeline. `DIR/bench.jsonl`
 gets one row per measurement, `DIR/bench.md` the table with the JAX/torch ratio,
@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import common, sweep_cost
 from tuning import config as config_lib
-from tuning import depth, models, train
+from tuning import depth, models, schedule, train
 
 NUM_CLASSES = 1000  # ImageNet's head: the step the pretrained models are benchmarked with
 JSONL, MARKDOWN, PLOT = "bench.jsonl", "bench.md", "bench.png"
@@ -83,10 +83,11 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
       step, arg, trainable = jax.jit(train.make_eval_step(model)), data["image"], 0
       state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     else:
-      labels = depth.param_labels(variables["params"], block_names, scheme.trainable_from)
-      tx = depth.make_optimizer(
-          labels, learning_rate=config.lr, head_lr_mult=config.head_lr_mult,
-          momentum=config.momentum, steps_per_epoch=100, decay_per_epoch=config.lr_decay_per_epoch)
+      mults = schedule.multipliers(variables["params"], block_names, scheme.trainable_from,
+                                   head_lr_mult=config.head_lr_mult)
+      tx = schedule.make_optimizer(
+          mults, learning_rate=config.lr, momentum=config.momentum, steps_per_epoch=100,
+          decay_per_epoch=config.lr_decay_per_epoch)
       if scheme.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(scheme.clip_norm), tx)
       cached_from = scheme.trainable_from if scheme.cached else 0
@@ -96,7 +97,7 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
       # (eagerly, every parameter shape would compile its own small program).
       state = jax.jit(lambda v, tx=tx: train.create_train_state(jax.tree.map(jnp.copy, v), tx))(
           variables)
-      arg, trainable = data, depth.count_trainable(variables["params"], labels)
+      arg, trainable = data, schedule.count_trainable(variables["params"], mults)
       if cached_from:  # the frozen blocks' output on the batch, as the feature cache holds it
         trunk = jax.jit(lambda v, x, k=cached_from: model.apply(v, x, stop=k))
         arg = {**data, "image": trunk(variables, data["image"])}

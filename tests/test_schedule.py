@@ -56,19 +56,31 @@ def test_llrd_decays_geometrically_from_the_head_down():
 
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, len(BLOCKS) - 1))
-def test_without_extras_it_is_the_depth_schemes_optimizer(trainable_from):
-  """No LLRD, bias multiplier or decay: updates equal depth.make_optimizer's exactly."""
-  kwargs = dict(learning_rate=0.1, momentum=0.9, steps_per_epoch=2, decay_per_epoch=0.5)
-  old = depth.make_optimizer(depth.param_labels(PARAMS, BLOCKS, trainable_from),
-                             head_lr_mult=10.0, **kwargs)
-  new = schedule.make_optimizer(
-      schedule.multipliers(PARAMS, BLOCKS, trainable_from, head_lr_mult=10.0), **kwargs)
-  grads = jax.tree.map(lambda p: jnp.arange(p.size, dtype=p.dtype).reshape(p.shape), PARAMS)
-  old_state, new_state = old.init(PARAMS), new.init(PARAMS)
+def test_the_boundary_freezes_below_and_only_trainable_params_hold_state(trainable_from):
+  mults = schedule.multipliers(PARAMS, BLOCKS, trainable_from, head_lr_mult=10.0)
+  for index, block in enumerate(BLOCKS):
+    want = None if index < trainable_from else 10.0 if block == "head" else 1.0
+    assert set(jax.tree.leaves(mults[block], is_leaf=lambda x: x is None)) == {want}
+  assert schedule.count_trainable(PARAMS, mults) == 9 * (len(BLOCKS) - trainable_from)
+  tx = schedule.make_optimizer(mults, learning_rate=0.1, momentum=0.9, steps_per_epoch=5,
+                               decay_per_epoch=0.5)
+  moments = [x for x in jax.tree.leaves(tx.init(PARAMS)) if np.ndim(x) > 0]
+  assert sum(x.size for x in moments) == schedule.count_trainable(PARAMS, mults)
+
+
+def test_head_learns_at_the_multiplied_rate_and_rates_decay_per_epoch():
+  mults = schedule.multipliers(PARAMS, BLOCKS, 1, head_lr_mult=10.0)
+  tx = schedule.make_optimizer(mults, learning_rate=0.1, momentum=0.0, steps_per_epoch=2,
+                               decay_per_epoch=0.5)
+  grads = jax.tree.map(jnp.ones_like, PARAMS)
+  state = tx.init(PARAMS)
+  steps = []
   for _ in range(3):
-    old_updates, old_state = old.update(grads, old_state, PARAMS)
-    new_updates, new_state = new.update(grads, new_state, PARAMS)
-    chex.assert_trees_all_equal(old_updates, new_updates)
+    updates, state = tx.update(grads, state, PARAMS)
+    steps.append({b: float(updates[b]["conv"]["bias"][0]) for b in BLOCKS})
+  assert [s["stem"] for s in steps] == [0.0, 0.0, 0.0]
+  np.testing.assert_allclose([s["layer1"] for s in steps], [-0.1, -0.1, -0.05], rtol=1e-6)
+  np.testing.assert_allclose([s["head"] for s in steps], [-1.0, -1.0, -0.5], rtol=1e-6)
 
 
 def test_weight_decay_is_decoupled_on_kernels_and_never_touches_frozen_params():

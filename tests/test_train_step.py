@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tuning import depth, models, train
+from tuning import depth, models, schedule, train
 
 SIZE = 32
 
@@ -17,9 +17,9 @@ def setup(arch, scheme, num_classes=3, size=SIZE, **model_kwargs):
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3))))(rng)
   blocks = type(model).block_names
   trainable_from = depth.parse_scheme(scheme, blocks).trainable_from
-  labels = depth.param_labels(variables["params"], blocks, trainable_from)
-  tx = depth.make_optimizer(labels, learning_rate=0.05, head_lr_mult=10.0, momentum=0.9,
-                            steps_per_epoch=2, decay_per_epoch=0.9)
+  mults = schedule.multipliers(variables["params"], blocks, trainable_from, head_lr_mult=10.0)
+  tx = schedule.make_optimizer(mults, learning_rate=0.05, momentum=0.9, steps_per_epoch=2,
+                               decay_per_epoch=0.9)
   step = train.make_train_step(model, tx, trainable_from, jax.random.key(1))
   return model, train.create_train_state(variables, tx), step, blocks[:trainable_from]
 

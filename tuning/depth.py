@@ -11,18 +11,13 @@ last layer backwards"; Kandel & Castelli 2020 tune the top blocks):
 Tajbakhsh's own names are accepted too: `FT:only fc8` is `head` and
 `FT:fc6-fc8` is `from:fc6` (the range must end at the last block).
 
-Frozen blocks get the optimizer's `set_to_zero` branch, so they hold no
-optimizer state, and the model cuts gradients at the boundary (`run_blocks`).
+Frozen blocks get no updates and hold no optimizer state (tuning/schedule.py),
+and the model cuts gradients at the boundary (`run_blocks`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
-
-import jax
-import optax
-
-FROZEN, TUNED, HEAD = "frozen", "tuned", "head"
+from typing import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,37 +52,3 @@ def parse_scheme(scheme: str, block_names: Sequence[str]) -> Scheme:
     return Scheme(scheme, list(block_names).index(first), pretrained=True)
   raise ValueError(
       f"unknown scheme {scheme!r}; expected one of {', '.join(valid_schemes(block_names))}")
-
-
-def param_labels(params: Any, block_names: Sequence[str], trainable_from: int) -> Any:
-  """Labels every parameter `frozen`, `tuned` or `head` by its top-level block."""
-  unknown = set(params) - set(block_names)
-  if unknown:
-    raise ValueError(f"parameters outside the model's blocks {list(block_names)}: {sorted(unknown)}")
-  def label(block: str) -> str:
-    index = list(block_names).index(block)
-    if index < trainable_from:
-      return FROZEN
-    return HEAD if index == len(block_names) - 1 else TUNED
-  return {block: jax.tree.map(lambda _, b=block: label(b), subtree)
-          for block, subtree in params.items()}
-
-
-def make_optimizer(labels: Any, *, learning_rate: float, head_lr_mult: float, momentum: float,
-                   steps_per_epoch: int, decay_per_epoch: float) -> optax.GradientTransformation:
-  """SGD with momentum, the new head at `head_lr_mult` x the tuned layers' rate.
-
-  The rate decays by `decay_per_epoch` once per epoch (Tajbakhsh et al. 2016,
-  Eq. 2); frozen parameters go through `set_to_zero` and hold no state.
-  """
-  def sgd(lr: float) -> optax.GradientTransformation:
-    schedule = optax.exponential_decay(lr, steps_per_epoch, decay_per_epoch, staircase=True)
-    return optax.sgd(schedule, momentum=momentum)
-  return optax.partition(
-      {FROZEN: optax.set_to_zero(), TUNED: sgd(learning_rate),
-       HEAD: sgd(learning_rate * head_lr_mult)}, labels)
-
-
-def count_trainable(params: Any, labels: Any) -> int:
-  sizes = jax.tree.map(lambda p, l: 0 if l == FROZEN else p.size, params, labels)
-  return int(sum(jax.tree.leaves(sizes)))
