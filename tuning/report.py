@@ -27,7 +27,8 @@ matplotlib.use("Agg")  # files only, never a window
 
 RESULTS, REPORT = "results.jsonl", "report.md"
 ALPHA = 0.05
-RUN_COLUMNS = (("scheme", "scheme", "{}"), ("seed", "seed", "{}"),
+RUN_COLUMNS = (("train fraction", "train_fraction", "{:g}"), ("scheme", "scheme", "{}"),
+               ("seed", "seed", "{}"),
                ("trainable params", "n_trainable_params", "{:,}"), ("best epoch", "best_epoch", "{}"),
                ("val AUC", "val_auc", "{:.4f}"), ("test AUC", "test_auc", "{:.4f}"),
                ("test acc", "test_acc", "{:.4f}"), ("wall s", "wall_s", "{:.0f}"))
@@ -105,6 +106,7 @@ def summarize(runs: list[dict]) -> list[Scheme]:
     scheme.test_auc, scheme.low, scheme.high = stats.mean_ci([r["test_auc"] for r in scheme.runs])
     if len(scheme.runs) == 1 and (saved := _predictions(scheme.runs[0])) is not None:
       scheme.low, scheme.high = stats.bootstrap_ci(*saved, classification.roc_auc, samples=300)
+    scheme.low, scheme.high = max(scheme.low, 0.0), min(scheme.high, 1.0)  # AUC's range; nan stays
   if not schemes:
     return schemes
   best = max(schemes, key=lambda s: s.val_auc)
@@ -172,6 +174,9 @@ def verdict(schemes: Sequence[Scheme], diverged: Iterable[dict] = ()) -> str:
     text += " No shallower fine-tuning comes within significance of it."
   if all(len(s.runs) == 1 for s in schemes):
     text += " One seed: intervals are over test images only, not over training randomness."
+  else:
+    text += (" Intervals are over seeds; p-values test the same seeds' models on the same test"
+             " images, so they measure test-set sampling, not training randomness.")
   return note + text
 
 
@@ -194,7 +199,8 @@ def fraction_trend(by_fraction: dict[float, list[Scheme]]) -> str:
 def run_table(rows: Iterable[dict]) -> str:
   lines = ["| " + " | ".join(c[0] for c in RUN_COLUMNS) + " |",
            "|" + "|".join("---" for _ in RUN_COLUMNS) + "|"]
-  order = lambda r: (r["scheme"] != "scratch", r["n_trainable_params"], r["scheme"], r["seed"])
+  order = lambda r: (-r["train_fraction"], r["scheme"] != "scratch", r["n_trainable_params"],
+                     r["scheme"], r["seed"])
   for row in sorted(rows, key=order):
     lines.append("| " + " | ".join("—" if row.get(key) is None else fmt.format(row[key])
                                    for _, key, fmt in RUN_COLUMNS) + " |")
