@@ -72,8 +72,11 @@ def build(trunk: Callable[[jax.Array], jax.Array], splits: Mapping[str, Split], 
   features = {}
   for name, split in splits.items():
     shape = (len(split.labels), *row)
-    features[name] = (np.memmap(tempfile.TemporaryFile(dir=directory), dtype, "w+", shape=shape)
-                      if on_disk else np.empty(shape, dtype))
+    if on_disk:  # the mapping holds its own descriptor: the file can close at once
+      with tempfile.TemporaryFile(dir=directory) as f:
+        features[name] = np.memmap(f, dtype, "w+", shape=shape)
+    else:
+      features[name] = np.empty(shape, dtype)
   steps = sum(-(-len(s.labels) // batch_size) for s in splits.values())
   with tqdm(total=steps, desc=desc, leave=False, disable=not progress) as bar:
     for name, split in splits.items():
