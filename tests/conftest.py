@@ -43,3 +43,10 @@ def serve_url(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     return requested
   return serve
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """torch, which builds the reference models of the parity tests; skips without it."""
+  return pytest.importorskip("torch", reason="torch builds the parity tests' reference models "
+                             "(pip install torch==2.13.0)")

@@ -17,11 +17,6 @@ from tuning.models.layers import local_response_norm
 from tuning.preprocess import CAFFE_IMAGENET, TORCHVISION
 
 
-@pytest.fixture(scope="module")
-def torch():
-  return pytest.importorskip("torch", reason="torch builds the reference AlexNets")
-
-
 def _torch_alexnets(torch):
   """torchvision's AlexNet and BVLC Caffe's, written independently of `tuning.models`.
 

@@ -20,7 +20,7 @@ import test_vgg
 from test_vgg import _NARROW
 from tuning.convert import ConversionError, from_keras
 from tuning.models import vgg
-from tuning.preprocess import KERAS_CAFFE, MINUS_ONE_TO_ONE
+from tuning.preprocess import KERAS_CAFFE, MINUS_ONE_TO_ONE, TORCHVISION
 
 os.environ["KERAS_BACKEND"] = "jax"
 keras = pytest.importorskip("keras", reason="Keras 3 parity references: pip install -e '.[parity]'")
@@ -58,15 +58,20 @@ def _randomize(model, seed=0):
   """Random weights everywhere, the BatchNorm moving statistics too.
 
   Keras starts them at mean 0 and variance 1, which would hide a mix-up of the two.
+  Kernels keep the scale of their inputs (He's), a depthwise kernel (k, k, C, 1)
+  having fan-in k*k: at C times less, MobileNetV2's signal would vanish.
   """
   rng = np.random.default_rng(seed)
-  draw = {"kernel": lambda shape: rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape),
-          "bias": lambda shape: rng.normal(0, 0.1, shape),
-          "gamma": lambda shape: rng.uniform(0.5, 1.5, shape),
-          "beta": lambda shape: rng.normal(0, 0.2, shape),
-          "moving_mean": lambda shape: rng.normal(0, 0.2, shape),
-          "moving_variance": lambda shape: rng.uniform(0.5, 2.0, shape)}
-  model.set_weights([draw[v.name](v.shape).astype(np.float32) for v in model.weights])
+  depthwise = {layer.kernel.path for layer in model.layers
+               if isinstance(layer, keras.layers.DepthwiseConv2D)}
+  fan_in = lambda v: np.prod(v.shape[:2] if v.path in depthwise else v.shape[:-1])
+  draw = {"kernel": lambda v: rng.normal(0, np.sqrt(2 / fan_in(v)), v.shape),
+          "bias": lambda v: rng.normal(0, 0.1, v.shape),
+          "gamma": lambda v: rng.uniform(0.5, 1.5, v.shape),
+          "beta": lambda v: rng.normal(0, 0.2, v.shape),
+          "moving_mean": lambda v: rng.normal(0, 0.2, v.shape),
+          "moving_variance": lambda v: rng.uniform(0.5, 2.0, v.shape)}
+  model.set_weights([draw[v.name](v).astype(np.float32) for v in model.weights])
 
 
 def _save_legacy(model, path):
@@ -83,8 +88,25 @@ def _images(height, width, seed=1):
   return np.random.default_rng(seed).normal(size=(2, height, width, 3)).astype(np.float32)
 
 
+# XLA's optimisations take most of the compile time of these one-off forward
+# passes (DenseNet-121's: 6 s of 8) and change nothing beyond float rounding.
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _run_once(f, *args):
+  return np.asarray(jax.jit(f).lower(*args).compile(_QUICK_COMPILE)(*args))
+
+
 def _logits(model, variables, images):
-  return np.asarray(jax.jit(model.apply)(variables, images))
+  return _run_once(model.apply, variables, images)
+
+
+def _keras_logits(reference, inputs):
+  """`reference.predict(inputs)`, compiled as `_logits` is."""
+  return _run_once(lambda trainable, other, x: reference.stateless_call(
+      trainable, other, x, training=False)[0],
+      [v.value for v in reference.trainable_variables],
+      [v.value for v in reference.non_trainable_variables], inputs)
 
 
 def _assert_close(name, got, want):
@@ -112,7 +134,7 @@ def test_inception_v3_logits_match_keras(inception):
   assert model.num_classes == 7 and preprocess == MINUS_ONE_TO_ONE
   images = _images(75, 75)
   _assert_close("inception_v3", _logits(model, variables, images),
-                np.asarray(reference.predict(images, verbose=0)))
+                _keras_logits(reference, images))
   # Keras counts the BatchNorm moving statistics too.
   assert sum(np.size(v) for v in jax.tree.leaves(variables)) == reference.count_params()
 
@@ -156,6 +178,43 @@ def test_every_problem_is_reported_at_once(inception, tmp_path):
           in message)
 
 
+@pytest.mark.parametrize("arch,application,layout,preprocess,attributes,head_scale", [
+    ("densenet121", "DenseNet121", "legacy", TORCHVISION, {}, 1.0),
+    ("mobilenet_v2", "MobileNetV2", "keras3", MINUS_ONE_TO_ONE,
+     {"same_padding": True, "bn_epsilon": 1e-3}, 1.0),
+    ("resnet50", "ResNet50", "legacy", KERAS_CAFFE, {"stride_in_1x1": True}, 0.01),
+])
+def test_logits_match_keras_at_32px(arch, application, layout, preprocess, attributes,
+                                    head_scale, tmp_path):
+  """Keras's model at its smallest input, in Keras's depth order of layers.
+
+  32 px is odd from the third stride-2 stage of MobileNetV2 on, where SAME
+  padding differs from PyTorch's, and ends DenseNet and ResNet50 at a 1x1 map.
+  The Keras 3 layout names MobileNetV2's depthwise convs apart
+  (`depthwise_conv2d_k`). ResNet50's random conv biases are folded into its
+  BatchNorms, and its 1x1 convs stride even 8x8 maps, which its 3x3 convs
+  would sample differently. Its 16 random residual branches add up to features
+  of about 100, which float32 sums to 1e-6 of that: `head_scale` scales its
+  classifier down to logits of order 1, as the tolerance is absolute.
+  """
+  reference = _build(getattr(keras.applications, application), input_shape=(32, 32, 3),
+                     classes=7, classifier_activation=None)
+  head = reference.get_layer("predictions")
+  head.set_weights([w * head_scale for w in head.get_weights()])
+  if layout == "legacy":
+    path = _save_legacy(reference, tmp_path / "weights.h5")
+  else:
+    path = tmp_path / "model.weights.h5"
+    reference.save_weights(path)
+  model, variables, got_preprocess = from_keras(arch, path)
+  assert model.num_classes == 7 and got_preprocess == preprocess
+  assert {name: getattr(model, name) for name in attributes} == attributes
+  images = _images(32, 32)
+  want = _keras_logits(reference, images)
+  assert np.abs(want[0] - want[1]).max() > 1e-2  # the logits depend on the image
+  _assert_close(arch, _logits(model, variables, images), want)
+
+
 def _vgg_top(num_classes):
   """Keras VGG's top (flatten, fc1, fc2, predictions) but `_NARROW` wide."""
   return [keras.layers.Flatten(name="flatten"),
@@ -185,10 +244,10 @@ def test_vgg16_logits_match_keras(tmp_path):
   assert model.num_classes == 10 and preprocess == KERAS_CAFFE
   images = _images(32, 32)
   _assert_close("vgg16", _logits(model, variables, images),
-                np.asarray(reference.predict(images, verbose=0)))
+                _keras_logits(reference, images))
 
   maps = np.random.default_rng(2).normal(size=(2, 7, 7, 512)).astype(np.float32)
-  want = keras.Sequential([keras.Input((7, 7, 512)), *top]).predict(maps, verbose=0)
+  want = _keras_logits(keras.Sequential([keras.Input((7, 7, 512)), *top]), maps)
   params = variables["params"]
   h = vgg.FullyConnected(_NARROW, 0.5, flatten=True).apply({"params": params["fc6"]}, maps,
                                                            train=False)
@@ -212,7 +271,7 @@ def test_vgg19_gap_takes_the_conv_blocks_of_a_notop_file(tmp_path):
   head = {"kernel": rng.normal(0, 0.05, size=(512, 3)).astype(np.float32),
           "bias": rng.normal(size=3).astype(np.float32)}
   images = _images(64, 64)
-  features = np.asarray(reference.predict(images, verbose=0)).mean((1, 2))
+  features = _keras_logits(reference, images).mean((1, 2))
   want = features @ head["kernel"] + head["bias"]
   got = _logits(model.clone(num_classes=3),
                 {"params": {**variables["params"], "head": {"classifier": head}}}, images)

@@ -15,8 +15,7 @@ import pytest
 
 import imagenet_samples
 import test_resnet50_densenet
-from test_convert_torchvision import (_predict, _random_model, _torchvision_models,
-                                      torch)  # noqa: F401 (fixture)
+from test_convert_torchvision import _predict, _random_model, _torchvision_models
 from test_vgg import _CFGS, _NARROW, _torch_vgg, narrow  # noqa: F401 (fixture)
 from tuning.convert import ConversionError, from_timm, from_torchvision
 from tuning.preprocess import MINUS_ONE_TO_ONE, TORCHVISION, Preprocess

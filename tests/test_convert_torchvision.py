@@ -96,11 +96,6 @@ def _predict(model, variables, images):
   return jax.jit(model.apply, static_argnames="train")(variables, images, train=False)
 
 
-@pytest.fixture(scope="module")
-def torch():
-  return pytest.importorskip("torch", reason="torch builds the reference torchvision models")
-
-
 def _random_model(torch, arch, num_classes, references=_torchvision_models):
   """A reference model in eval mode whose BatchNorms all matter (random affine and stats).
 

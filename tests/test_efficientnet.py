@@ -22,11 +22,6 @@ from tuning.preprocess import TORCHVISION
 _LITE0 = "efficientnet-lite0-57934424.pth"
 
 
-@pytest.fixture(scope="module")
-def torch():
-  return pytest.importorskip("torch", reason="torch builds the reference models")
-
-
 def _torchvision_models(nn):
   """torchvision's EfficientNet-B0, module for module, from torchvision's source.
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import test_train_step
-from test_convert_torchvision import _predict, _random_model, torch  # noqa: F401 (fixture)
+from test_convert_torchvision import _predict, _random_model
 from tuning import models
 from tuning.convert import from_torchvision
 from tuning.models.densenet import DenseNet

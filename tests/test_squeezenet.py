@@ -22,11 +22,6 @@ _FIRES = ((16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 2
 _BLOCKS = ("stem", *(f"fire{i}" for i in range(2, 10)), "head")
 
 
-@pytest.fixture(scope="module")
-def torch():
-  return pytest.importorskip("torch", reason="torch builds the reference torchvision model")
-
-
 def _torch_squeezenet(torch, num_classes):
   """torchvision's SqueezeNet 1.1 module for module, with weights that keep activations alive.
 

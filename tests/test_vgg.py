@@ -27,11 +27,6 @@ _CFGS = {
 _NARROW = 64
 
 
-@pytest.fixture(scope="module")
-def torch():
-  return pytest.importorskip("torch", reason="torch builds the reference torchvision models")
-
-
 def _torch_vgg(torch, arch, num_classes):
   """torchvision's VGG (no BatchNorm) module for module, but with fc6/fc7 `_NARROW` wide.
 

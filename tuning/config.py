@@ -11,7 +11,7 @@ import difflib
 import jax
 import ml_collections
 
-from tuning import augment, datasets, depth, models
+from tuning import augment, bn_policy, datasets, depth, models, phases
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -53,6 +53,20 @@ def defaults() -> ml_collections.ConfigDict:
   # ((regex, multiplier or None), ...) over names like "block4/unit0/expand/conv/kernel";
   # every parameter must match exactly one rule; None freezes. () = no rules.
   c.schedule = ()
+  # BatchNorm of the trained blocks (tuning/bn_policy.py): train_all, frozen_stats,
+  # train_stats_frozen_affine or reestimate; frozen blocks' BatchNorm never trains.
+  c.bn_policy = "train_all"
+  # ((epochs, scheme or block index, lr_mult), ...): the run as phases (tuning/phases.py),
+  # epochs summing to config.epochs; () = the scheme's own plan (one phase for most).
+  c.phases = ()
+  c.lpft_probe_epochs = 2  # scheme `lpft`: head-only epochs before every block trains
+  c.gradual_step = 1  # scheme `gradual`: blocks unfrozen per phase, from the top down
+  c.gradual_epochs = 1  # scheme `gradual`: epochs per phase; the last takes the rest
+  c.gradual_spread = 100.0  # scheme `gradual`: lowest trained block at lr / spread (fastai)
+  c.auto_step = 1  # schemes `auto*`: blocks between the candidate depths, head down
+  c.auto_min_gain = 0.0  # scheme `auto`: deeper only if val AUC gains more than this
+  c.auto_alpha = 1.0  # scheme `auto`: < 1: and if DeLong's p < this (binary tasks)
+  c.auto_budget = 1  # scheme `auto_halving`: epochs of the first round; doubles per round
   # Run the frozen blocks once per image, not once per epoch, where that gives the
   # same inputs to the trained blocks (tuning/feature_cache.py says when); False: never.
   c.cache_features = True
@@ -84,10 +98,26 @@ _CHECKS = {
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "l2sp_strength": (lambda v: v >= 0, ">= 0"),
+    "phases": (lambda v: all(isinstance(p, tuple) and len(p) == 3 for p in v),
+               "a tuple of (epochs, scheme or block index, lr_mult) triples"),
+    "lpft_probe_epochs": (lambda v: v >= 1, ">= 1"),
+    "gradual_step": (lambda v: v >= 1, ">= 1"),
+    "gradual_epochs": (lambda v: v >= 1, ">= 1"),
+    "gradual_spread": (lambda v: v >= 1, ">= 1"),
+    "auto_step": (lambda v: v >= 1, ">= 1"),
+    "auto_min_gain": (lambda v: v >= 0, ">= 0"),
+    "auto_alpha": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "auto_budget": (lambda v: v >= 1, ">= 1"),
+    "bn_policy": (lambda v: v in bn_policy.POLICIES, f"one of {', '.join(bn_policy.POLICIES)}"),
     "schedule": (lambda v: all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str)
                                and (r[1] is None or isinstance(r[1], (int, float))) for r in v),
                  "a tuple of (regex, multiplier or None) pairs"),
 }
+
+
+# What a run's plan of phases reads (tuning/phases.py), checked only when each is valid.
+_PLAN_KEYS = {"phases", "epochs", "lpft_probe_epochs", "gradual_step", "gradual_epochs",
+              "gradual_spread", "auto_step"}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -119,6 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, scheme in named:
       try:
         depth.parse_scheme(scheme, blocks)
+        if not bad & _PLAN_KEYS:
+          phases.plan(config, scheme, blocks)
       except ValueError as e:
         problems.append(f"config.{field}: {e}")
   if "batch_size" not in bad and config.batch_size % jax.device_count():

@@ -238,6 +238,8 @@ def write_report(workdir: str, more: Sequence[str] = ()) -> str:
     figures = _plots(workdir, _slug(dataset, arch, os.path.basename(weights)), summaries)
     sections += [f"![{name}]({name})" for name in figures] + [""] * bool(figures)
     sections += ["### Runs", "", run_table(r for runs in by_fraction.values() for r in runs), ""]
+    automatic = auto_table(r for runs in by_fraction.values() for r in runs)
+    sections += ["### Automatic depth selection", "", automatic, ""] if automatic else []
   path = os.path.join(workdir, REPORT)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write("\n".join(sections))
@@ -308,3 +310,17 @@ def _plots(workdir: str, slug: str, summaries: dict[float, list[Scheme]]) -> lis
   fig.savefig(os.path.join(workdir, names[-1]), dpi=120)
   plt.close(fig)
   return names
+
+
+def auto_table(rows: Iterable[dict]) -> str:
+  """The depth each `auto*` run chose, the validation AUC of the depths it tried, and the
+  epochs, compute (trained-block FLOPs) and wall time against the fixed-depth sweep's."""
+  lines = ["| scheme | seed | chosen | val AUC per depth tried | epochs (sweep) | compute saved "
+           "| wall s (sweep) |", "|---|---|---|---|---|---|---|"]
+  for row in sorted((r for r in rows if r.get("auto")), key=lambda r: (r["scheme"], r["seed"])):
+    auto = row["auto"]
+    tried = ", ".join(f"{d['scheme']} {_fmt(d['val_auc'])}" for d in auto["depths"])
+    lines.append(f"| {row['scheme']} | {row['seed']} | {auto['chosen']} | {tried} | "
+                 f"{auto['epochs_spent']} ({auto['sweep_epochs']}) | {auto['compute_saved']:.0%} | "
+                 f"{row['wall_s']:.0f} ({_fmt(auto['sweep_wall_s'], '{:.0f}')}) |")
+  return "\n".join(lines) if len(lines) > 2 else ""

@@ -27,8 +27,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from tuning import config as config_lib
-from tuning import (augment, datasets, depth, feature_cache, input_pipeline, models, pretrained,
-                    schedule)
+from tuning import (augment, auto_depth, bn_policy, datasets, depth, feature_cache,
+                    input_pipeline, models, pretrained, schedule)
+from tuning import phases as phases_lib
 from tuning.datasets import medmnist
 from tuning.preprocess import MINUS_ONE_TO_ONE
 from tuning.tasks import classification
@@ -77,23 +78,28 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rng: jax.A
 
 
 def make_optimizer(config: ml_collections.ConfigDict, scheme: depth.Scheme, params: dict,
-                   block_names: tuple[str, ...], steps_per_epoch: int):
+                   block_names: tuple[str, ...], steps_per_epoch: int, *, lr_mult: float = 1.0,
+                   layer_decay: float | None = None):
   """Each parameter's learning-rate multiplier (None: frozen) and the optimizer over them.
 
   Scratch runs train every layer at `scratch_lr`; pretrained ones at `lr`, the new
   head at `head_lr_mult` x, with the scheme's strategy (`llrd`: layer-wise decay;
-  `l2sp`: pulled toward the pretrained weights, passed in as `params`).
+  `l2sp`: pulled toward the pretrained weights, passed in as `params`). A phase
+  (tuning/phases.py) scales the rates by `lr_mult` and may set its own `layer_decay`.
+  `config.bn_policy = "train_stats_frozen_affine"` freezes BatchNorm scales and biases.
   """
   mults = schedule.multipliers(
       params, block_names, scheme.trainable_from,
       head_lr_mult=config.head_lr_mult if scheme.pretrained else 1.0,
-      layer_decay=config.layer_decay if scheme.name == "llrd" else None,
+      layer_decay=layer_decay or (config.layer_decay if scheme.name == "llrd" else None),
       bias_lr_mult=config.bias_lr_mult, rules=config.schedule)
+  if config.bn_policy == bn_policy.TRAIN_STATS_FROZEN_AFFINE:
+    mults = bn_policy.freeze_affine(params, mults)
   head = block_names[-1]
   anchor = {block: jax.tree.map(lambda _: None, tree) if block == head else tree
             for block, tree in params.items()}
   tx = schedule.make_optimizer(
-      mults, learning_rate=config.lr if scheme.pretrained else config.scratch_lr,
+      mults, learning_rate=lr_mult * (config.lr if scheme.pretrained else config.scratch_lr),
       momentum=config.momentum, steps_per_epoch=steps_per_epoch,
       decay_per_epoch=config.lr_decay_per_epoch, weight_decay=config.weight_decay,
       l2sp_anchor=anchor if scheme.name == "l2sp" else None,
@@ -114,15 +120,21 @@ def model_variables(state: State) -> dict:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int, rng: jax.Array,
-                    start: int = 0) -> Callable[[State, dict], tuple[State, dict]]:
-  """The jittable step; `start > 0`: batches hold what enters block `start` (cached features)."""
+                    start: int = 0, bn: str = bn_policy.TRAIN_ALL
+                    ) -> Callable[[State, dict], tuple[State, dict]]:
+  """The jittable step; `start > 0`: batches hold what enters block `start` (cached features).
+
+  `bn` is the BatchNorm policy: unless it updates statistics, the model may not
+  change `batch_stats`, so trainable blocks normalise with their running averages.
+  """
+  mutable = ["batch_stats"] if bn_policy.updates_stats(bn) else []
   def train_step(state: State, batch: dict) -> tuple[State, dict]:
     dropout_rng = jax.random.fold_in(rng, state["step"])
 
     def loss_fn(params):
       logits, updates = model.apply(
           model_variables({**state, "params": params}), batch["image"], train=True,
-          trainable_from=trainable_from, start=start, mutable=["batch_stats"],
+          trainable_from=trainable_from, start=start, mutable=mutable,
           rngs={"dropout": dropout_rng})
       return classification.cross_entropy_loss(logits, batch["label"]), updates
 
@@ -131,7 +143,7 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int
     return {
         "step": state["step"] + 1,
         "params": optax.apply_updates(state["params"], step_updates),
-        "batch_stats": updates.get("batch_stats", {}),
+        "batch_stats": updates.get("batch_stats", state["batch_stats"]),
         "opt_state": opt_state,
     }, {"loss": loss}
   return train_step
@@ -157,6 +169,10 @@ def predict(eval_step, state: State, batches: Iterable[dict], sharding) -> tuple
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains one run, returns its result row (also appended to `workdir/results.jsonl`)."""
   config_lib.validate(config)
+  if config.scheme in depth.SEARCHES:
+    row = auto_depth.successive_halving(config, workdir, train_and_evaluate, run_identity)
+    append_result(os.path.join(workdir, "results.jsonl"), row)
+    return row
   start = time.perf_counter()
   dataset = datasets.load(config.dataset, config.data_dir, load_size=config.load_size,
                           split_fractions=config.split_fractions, split_seed=config.split_seed)
@@ -170,63 +186,113 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"config.batch_size = {config.batch_size}; raise the fraction or lower the batch size")
   train_split, augmentation = augment.from_config(train_split, config)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  model, variables, preprocess, scheme = create_model(config, dataset.num_classes, init_rng)
+  model, variables, preprocess, _ = create_model(config, dataset.num_classes, init_rng)
   block_names = type(model).block_names
 
   steps = input_pipeline.steps_per_epoch(len(train_split.labels), config.batch_size)
-  mults, tx = make_optimizer(config, scheme, variables["params"], block_names, steps)
+  phases = phases_lib.plan(config, config.scheme, block_names)
+  optimizers = [make_optimizer(config, p.scheme, variables["params"], block_names, steps,
+                               lr_mult=p.lr_mult, layer_decay=p.layer_decay) for p in phases]
+  searching = config.scheme == "auto"
+  # `reestimate` (tuning/bn_policy.py): BatchNorm statistics recomputed on the training
+  # images, every block's before training (so before the frozen ones' features are
+  # cached), the trained blocks' before each evaluation.
+  reestimate = config.bn_policy == bn_policy.REESTIMATE and "batch_stats" in variables
+  bn_rng = jax.random.split(dropout_rng)[1]
+  real_rows = lambda batches: (batch["image"][batch["mask"]] for batch in batches)
+  if reestimate:
+    variables = {**variables, "batch_stats": bn_policy.reestimate(
+        jax.jit(bn_policy.make_moments(model)), variables, real_rows(input_pipeline.eval_batches(
+            train_split, batch_size=config.batch_size, image_size=config.image_size,
+            preprocess=preprocess)), jax.random.fold_in(bn_rng, 0))}
 
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  state = jax.device_put(create_train_state(variables, tx), replicated)
-  # With a cache, blocks below `start_block` run once per image, into `features`,
-  # and the steps start above them; without, every step runs every block.
-  start_block = scheme.trainable_from if feature_cache.applies(config, scheme) else 0
-  train_step = jax.jit(make_train_step(model, tx, scheme.trainable_from, dropout_rng,
-                                       start=start_block), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, start=start_block))
+
+  def state_at(epoch: int) -> State:
+    """The state's tree after `epoch`: it holds the optimizer of that epoch's phase."""
+    tx = optimizers[phases_lib.phase_of(phases, epoch)][1]
+    return jax.device_put(create_train_state(variables, tx), replicated)
+
   name = run_name(config)
   splits = {"train": train_split, "val": dataset.val, "test": dataset.test}
-  features, cache_s = None, None
-  if start_block:
-    cache_start = time.perf_counter()
-    trunk = jax.jit(functools.partial(model.apply, train=False, stop=start_block))
-    frozen = jax.device_put(variables, replicated)
-    features = feature_cache.build(
-        lambda images: trunk(frozen, images), splits, batch_size=config.batch_size,
-        image_size=config.image_size, preprocess=preprocess, sharding=data_sharding,
-        directory=workdir, progress=config.progress, desc=f"{name} features")
-    cache_s = round(time.perf_counter() - cache_start, 2)
+  cache_s = None
 
-  def eval_batches(split: str):
+  def enter(index: int, state: State) -> dict:
+    """Phase `index`'s jitted steps and, where its frozen blocks allow, its feature cache."""
+    nonlocal cache_s
+    phase = phases[index]
+    # With a cache, blocks below `start` run once per image, into `features`, and the
+    # steps start above them; without, every step runs every block. Blocks below the
+    # boundary were frozen in every earlier phase too, so `state` holds their initial values.
+    start_block = phase.trainable_from if feature_cache.applies(config, phase.scheme) else 0
+    features = None
     if start_block:
+      cache_start = time.perf_counter()
+      trunk = jax.jit(functools.partial(model.apply, train=False, stop=start_block))
+      frozen = model_variables(state)
+      features = feature_cache.build(
+          lambda images: trunk(frozen, images), splits, batch_size=config.batch_size,
+          image_size=config.image_size, preprocess=preprocess, sharding=data_sharding,
+          directory=workdir, progress=config.progress, desc=f"{name} features")
+      cache_s = round((cache_s or 0.0) + time.perf_counter() - cache_start, 2)
+    return {"start": start_block, "features": features, "train_step": jax.jit(
+        make_train_step(model, optimizers[index][1], phase.trainable_from, dropout_rng,
+                        start=start_block, bn=config.bn_policy), donate_argnums=0),
+            "trained_moments": jax.jit(bn_policy.make_moments(
+                model, trainable_from=phase.trainable_from, start=start_block)),
+            "eval_step": jax.jit(make_eval_step(model, start=start_block))}
+
+  def eval_batches(run: dict, split: str):
+    if run["start"]:
       return input_pipeline.feature_eval_batches(
-          features[split], splits[split].labels, batch_size=config.batch_size)
+          run["features"][split], splits[split].labels, batch_size=config.batch_size)
     return input_pipeline.eval_batches(splits[split], batch_size=config.batch_size,
                                        image_size=config.image_size, preprocess=preprocess)
 
+  def train_batches(run: dict, start_epoch: int):
+    if run["start"]:
+      return iter(input_pipeline.feature_train_batches(
+          run["features"]["train"], train_split.labels, batch_size=config.batch_size,
+          seed=config.seed, start_epoch=start_epoch))
+    return iter(input_pipeline.train_batches(
+        train_split, batch_size=config.batch_size, image_size=config.image_size,
+        preprocess=preprocess, seed=config.seed, start_epoch=start_epoch, augment=augmentation))
+
+  # `auto` keeps every best checkpoint: the depth it picks need not hold the best AUC.
   latest, best = (ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints", name, kind)),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)) for kind in ("latest", "best"))
-  state, progress = resume(latest, state, config)
+      options=ocp.CheckpointManagerOptions(max_to_keep=None if searching and kind == "best" else 1,
+                                           create=True)) for kind in ("latest", "best"))
+  state, progress = resume(latest, state_at(0), config, state_at=state_at)
   resumed_at = progress["epoch"]
-  if start_block:
-    batches = iter(input_pipeline.feature_train_batches(
-        features["train"], train_split.labels, batch_size=config.batch_size, seed=config.seed,
-        start_epoch=progress["epoch"]))
-  else:
-    batches = iter(input_pipeline.train_batches(
-        train_split, batch_size=config.batch_size, image_size=config.image_size,
-        preprocess=preprocess, seed=config.seed, start_epoch=progress["epoch"],
-        augment=augmentation))
-  for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-    if progress["epoch"] - progress["best_epoch"] >= config.patience:
-      break  # stopped early before an interruption
+  holds = phases_lib.phase_of(phases, progress["epoch"])  # whose optimizer `state` holds
+  run, running = None, None  # the steps and cache of phase `running`
+  total = sum(p.epochs for p in phases)
+  for epoch in range(progress["epoch"] + 1, total + 1):
+    index = phases_lib.phase_of(phases, epoch)
+    if progress["epoch"] - max(progress["best_epoch"], phases_lib.first_epoch(phases, index) - 1
+                               ) >= config.patience:
+      continue  # the phase stopped early (maybe before an interruption): on to the next
+    if index != holds:  # a new phase: its boundary, its optimizer
+      if searching:
+        if not phases_lib.auto_choice(config, phases_lib.phase_bests(progress),
+                                      splits["val"].labels)[1]:
+          break  # deeper did not help enough
+        # Warm start: the depth above's best weights (the best so far, as it gained).
+        restored = best.restore(progress["best_epoch"], args=ocp.args.StandardRestore(
+            state_at(progress["best_epoch"])))
+        state = {**state, "params": restored["params"], "batch_stats": restored["batch_stats"]}
+      state = {**state, "opt_state": optimizers[index][1].init(state["params"])}
+      holds = index
+    if index != running:
+      run, running = enter(index, state), index
+      batches = train_batches(run, epoch - 1)
     losses = []
-    bar = tqdm(range(steps), desc=f"{name} epoch {epoch}/{config.epochs}", leave=False,
+    bar = tqdm(range(steps), desc=f"{name} epoch {epoch}/{total}", leave=False,
                disable=not config.progress)
     for _ in bar:
-      state, metrics = train_step(state, jax.device_put(next(batches), data_sharding))
+      state, metrics = run["train_step"](state, jax.device_put(next(batches), data_sharding))
       losses.append(metrics["loss"])
       if len(losses) > 1:  # waiting on the previous step keeps one step in flight
         bar.set_postfix(loss=f"{float(losses[-2]):.4f}", refresh=False)
@@ -234,8 +300,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not np.isfinite(train_loss):  # diverged: keep the last good checkpoints, record it
       progress["diverged_at_epoch"] = epoch
       break
-    val = classification.evaluate(*predict(eval_step, state, eval_batches("val"), data_sharding))
-    progress["history"].append({"epoch": epoch, "train_loss": train_loss, "val_auc": val["auc"]})
+    if reestimate:
+      state = {**state, "batch_stats": jax.device_put(bn_policy.reestimate(
+          run["trained_moments"], model_variables(state), real_rows(eval_batches(run, "train")),
+          jax.random.fold_in(bn_rng, epoch)), replicated)}
+    val_labels, val_probs = predict(run["eval_step"], state, eval_batches(run, "val"), data_sharding)
+    val = classification.evaluate(val_labels, val_probs)
+    progress["history"].append({"epoch": epoch, "train_loss": train_loss, "val_auc": val["auc"],
+                                **({"phase": index} if len(phases) > 1 else {})})
+    if searching and val_probs.shape[1] == 2 and all(
+        val["auc"] > h["val_auc"] for h in progress["history"][:-1] if h.get("phase") == index):
+      progress.setdefault("val_scores", {})[str(index)] = val_probs[:, 1].tolist()  # for DeLong
     if val["auc"] > progress["best_auc"]:
       progress.update(best_auc=val["auc"], best_epoch=epoch)
       if epoch not in best.all_steps():  # saved already if killed before `latest` below
@@ -247,13 +322,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)))
     latest.wait_until_finished()
   best_epoch, history = progress["best_epoch"], progress["history"]
+  final, auto = len(phases) - 1, {}  # the phase whose boundary the tested model trained at
+  if searching and best_epoch:
+    bests = phases_lib.phase_bests(progress)
+    final = phases_lib.auto_choice(config, bests, splits["val"].labels)[0]
+    best_epoch = bests[final]["epoch"]
+    auto = auto_depth.evidence(config, model, variables, phases, final, history,
+                               len(train_split.labels), workdir)
   val = test = {}  # diverged before any epoch finished
   predictions = None
   if best_epoch:
-    state = best.restore(best_epoch, args=ocp.args.StandardRestore(state))
+    if run is None:  # resumed after the last epoch: evaluate in the last phase's setup
+      run = enter(phases_lib.phase_of(phases, progress["epoch"]), state)
+    state = best.restore(best_epoch, args=ocp.args.StandardRestore(state_at(best_epoch)))
     # Recomputed from the restored checkpoint: the row proves the model tested is the best one.
-    val = classification.evaluate(*predict(eval_step, state, eval_batches("val"), data_sharding))
-    test_labels, test_probs = predict(eval_step, state, eval_batches("test"), data_sharding)
+    val = classification.evaluate(*predict(run["eval_step"], state, eval_batches(run, "val"),
+                                           data_sharding))
+    test_labels, test_probs = predict(run["eval_step"], state, eval_batches(run, "test"),
+                                      data_sharding)
     test = classification.evaluate(test_labels, test_probs)
     predictions = save_predictions(workdir, name, test_labels, test_probs)
   latest.close()
@@ -268,11 +354,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "best_epoch": best_epoch, "epochs_run": len(history),
       "wall_s": round(time.perf_counter() - start, 2), "resumed_at_epoch": resumed_at,
       "diverged_at_epoch": progress.get("diverged_at_epoch"),
-      "n_trainable_params": schedule.count_trainable(variables["params"], mults),
+      "n_trainable_params": schedule.count_trainable(variables["params"], optimizers[final][0]),
       "n_params": int(sum(np.size(p) for p in jax.tree.leaves(variables["params"]))),
       "n_train": int(len(train_split.labels)), "image_size": config.image_size,
       "batch_size": config.batch_size, "devices": jax.device_count(),
-      "feature_cache": bool(start_block), "feature_cache_s": cache_s,
+      "feature_cache": cache_s is not None, "feature_cache_s": cache_s,
+      "phases": phases_lib.describe(phases, block_names, history), **auto,
       "weights": pretrained.source(config), "data_sha256": dataset.sha256, "history": history,
       "config": json.loads(config.to_json()), "versions": versions(),
   }
@@ -317,14 +404,16 @@ def tree_signature(tree: Any) -> dict[str, str]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def resume(latest: ocp.CheckpointManager, state: State, config: ml_collections.ConfigDict
-           ) -> tuple[State, dict]:
+def resume(latest: ocp.CheckpointManager, state: State, config: ml_collections.ConfigDict,
+           state_at: Callable[[int], State] | None = None) -> tuple[State, dict]:
   """The run's state and progress from its last epoch checkpoint, or a fresh start.
 
   Progress is the epoch, the early-stopping record and the history; with the
   state (params, batch_stats, optimizer state, step, from which the dropout RNG
   and the data position follow) a resumed run continues bit-identically. A
   checkpoint from a different config or model is refused, naming what differs.
+  `state_at(epoch)` is the state's tree after `epoch` where it depends on the
+  epoch (a phased run's optimizer: tuning/phases.py); else `state` is.
   """
   fresh = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "history": [],
            "config": run_identity(config), "tree": tree_signature(state)}
@@ -333,6 +422,9 @@ def resume(latest: ocp.CheckpointManager, state: State, config: ml_collections.C
     return state, fresh
   directory = latest.directory / str(step)
   saved = latest.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+  if state_at:
+    state = state_at(saved["epoch"])
+    fresh["tree"] = tree_signature(state)
   differs = sorted(k for k in set(saved["config"]) | set(fresh["config"])
                    if saved["config"].get(k) != fresh["config"].get(k))
   if differs:

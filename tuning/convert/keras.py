@@ -14,7 +14,11 @@ Layer names do not identify layers: Keras numbers them per session
 loaders do, layers are matched by position: each architecture lists its
 weighted Keras layers in `model.layers` order, with the Flax variable each of
 their arrays becomes. Keras kernels already have Flax's layouts (conv HWIO,
-dense (in, out)); only VGG's fc1 rows need reordering.
+dense (in, out)), but for depthwise kernels, (k, k, C, 1) in Keras and
+(k, k, 1, C) in Flax, and VGG's fc1 rows, which need reordering. ResNet50's
+convs have a bias before their BatchNorm, which the model has not: BN(conv(x) + b)
+with moving mean m is BN(conv(x)) with mean m - b (and in training the batch
+mean absorbs b), so the bias is folded into the mean.
 """
 from __future__ import annotations
 
@@ -26,12 +30,14 @@ from collections.abc import Callable
 import flax.linen as nn
 import h5py
 import numpy as np
+from flax import traverse_util
 
 from tuning import models
 from tuning.convert.common import ConversionError, Link, check_and_build, expected_variables
 from tuning.models.inception_v3 import BLOCKS, STEM
+from tuning.models.mobilenet_v2 import STAGES as MOBILENET_V2_STAGES
 from tuning.models.vgg import VGG16, VGG19
-from tuning.preprocess import KERAS_CAFFE, MINUS_ONE_TO_ONE, Preprocess
+from tuning.preprocess import KERAS_CAFFE, MINUS_ONE_TO_ONE, TORCHVISION, Preprocess
 
 _BASE = "https://storage.googleapis.com/tensorflow/keras-applications"
 # keras.applications' WEIGHTS_PATH and WEIGHTS_PATH_NO_TOP.
@@ -43,9 +49,21 @@ URLS = {
     "inception_v3": f"{_BASE}/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
     "inception_v3_notop":
         f"{_BASE}/inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "densenet121": f"{_BASE}/densenet/densenet121_weights_tf_dim_ordering_tf_kernels.h5",
+    "densenet121_notop":
+        f"{_BASE}/densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenet_v2":
+        f"{_BASE}/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+    "mobilenet_v2_notop":
+        f"{_BASE}/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    "resnet50": f"{_BASE}/resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+    "resnet50_notop": f"{_BASE}/resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 
 Path = tuple[str, ...]
+# The pseudo-collection of conv biases to fold into BatchNorm means: `(_CONV_BIAS,
+# *path)` is the bias folded into the variable `("batch_stats", *path)`.
+_CONV_BIAS = "conv_bias"
 # (H, W, C) of the map VGG's fc6 flattens: block5's 512 channels, pooled to 7x7.
 _VGG_FC6_INPUT = (7, 7, 512)
 
@@ -56,10 +74,12 @@ class _Layer:
 
   `flatten_hwc`: the kernel's rows are a Keras `Flatten` of an (H, W, C) map,
   while the Flax model flattens (C, H, W) as torchvision does.
+  `kernel_perm`: the axis permutation of the first array (the kernel) into Flax's layout.
   """
   kind: str
   variables: tuple[Path, ...]
   flatten_hwc: tuple[int, int, int] | None = None
+  kernel_perm: tuple[int, ...] | None = None
 
 
 def _dense(block: str, layer: str, flatten_hwc=None) -> _Layer:
@@ -67,12 +87,29 @@ def _dense(block: str, layer: str, flatten_hwc=None) -> _Layer:
                 flatten_hwc)
 
 
-def _conv_bn(path: Path) -> tuple[_Layer, _Layer]:
-  """The Conv2D (no bias) and BatchNormalization (no scale) of a `conv2d_bn` at `path`."""
-  return (_Layer("conv2d", (("params", *path, "conv", "kernel"),)),
-          _Layer("batch_normalization", (("params", *path, "bn", "bias"),
-                                         ("batch_stats", *path, "bn", "mean"),
-                                         ("batch_stats", *path, "bn", "var"))))
+def _conv(path: Path, depthwise: bool = False, bias: bool = False) -> _Layer:
+  """A Conv2D (or DepthwiseConv2D), the `conv` of a `ConvNormAct` at `path`.
+
+  `bias`: the conv has one, to fold into the moving mean of the `ConvNormAct`'s BatchNorm.
+  """
+  kernel = (("params", *path, "conv", "kernel"),)
+  if depthwise:
+    return _Layer("depthwise_conv2d", kernel, kernel_perm=(0, 1, 3, 2))
+  return _Layer("conv2d", (*kernel, (_CONV_BIAS, *path, "bn", "mean")) if bias else kernel)
+
+
+def _batch_norm(path: Path, scale: bool = True) -> _Layer:
+  """The BatchNormalization `bn` at `path`: gamma (if `scale`), beta, moving mean and variance."""
+  gamma = (("params", *path, "bn", "scale"),) if scale else ()
+  return _Layer("batch_normalization", (*gamma, ("params", *path, "bn", "bias"),
+                                        ("batch_stats", *path, "bn", "mean"),
+                                        ("batch_stats", *path, "bn", "var")))
+
+
+def _conv_bn(path: Path, scale: bool = True, depthwise: bool = False,
+             bias: bool = False) -> tuple[_Layer, _Layer]:
+  """The conv and BatchNormalization of a `ConvNormAct` at `path`."""
+  return _conv(path, depthwise, bias), _batch_norm(path, scale)
 
 
 def _inception_v3_layers() -> list[_Layer]:
@@ -86,7 +123,8 @@ def _inception_v3_layers() -> list[_Layer]:
   from it to the end of its branch above the module's output, plus one behind
   the inner concatenation of mixed9/mixed10. The modules follow each other.
   """
-  layers = [layer for group in STEM for conv in group for layer in _conv_bn(("stem", conv.name))]
+  layers = [layer for group in STEM for conv in group
+            for layer in _conv_bn(("stem", conv.name), scale=False)]
   for block, branches in BLOCKS:
     ranked = []  # (-depth, creation index, layer)
     for branch in branches:
@@ -94,7 +132,7 @@ def _inception_v3_layers() -> list[_Layer]:
       for i, stage in enumerate(stages):
         depth = 3 * (len(stages) - i) + bool(branch.split)
         for conv in stage:
-          conv_layer, bn_layer = _conv_bn((block, conv.name))
+          conv_layer, bn_layer = _conv_bn((block, conv.name), scale=False)
           ranked += [(-depth, len(ranked), conv_layer), (1 - depth, len(ranked) + 1, bn_layer)]
     layers += [layer for *_, layer in sorted(ranked, key=lambda item: item[:2])]
   return layers + [_dense("head", "classifier")]
@@ -109,12 +147,98 @@ def _vgg_layers(depths: tuple[int, ...]) -> list[_Layer]:
                   _dense("head", "classifier")]
 
 
-# arch -> (its weighted Keras layers in order, how many of them a `notop` file
-# lacks, the input convention of the weights).
-_ARCHS: dict[str, tuple[Callable[[], list[_Layer]], int, Preprocess]] = {
-    "vgg16": (functools.partial(_vgg_layers, VGG16), 3, KERAS_CAFFE),
-    "vgg19": (functools.partial(_vgg_layers, VGG19), 3, KERAS_CAFFE),
-    "inception_v3": (_inception_v3_layers, 1, MINUS_ONE_TO_ONE),
+def _densenet121_layers() -> list[_Layer]:
+  """conv1, then per dense layer `_0_bn, _1_conv, _1_bn, _2_conv`, per transition `_bn, _conv`.
+
+  The shortcut of each dense layer (its input, concatenated to its output) is
+  shorter than the layer itself, so Keras's depth order is the source order.
+  The final `bn` is block4's own BatchNorm.
+  """
+  units = models.create("densenet121", 1000).units
+  layers = list(_conv_bn(("stem", "conv")))
+  for k, count in enumerate(units, start=1):
+    for i in range(count):
+      for conv in ("conv1", "conv2"):
+        layers += [_batch_norm((f"block{k}", f"layer{i}", conv)),
+                   _conv((f"block{k}", f"layer{i}", conv))]
+    layers += ([_batch_norm((f"block{k}", "transition")), _conv((f"block{k}", "transition"))]
+               if k < len(units) else [_batch_norm((f"block{k}",))])
+  return layers + [_dense("head", "classifier")]
+
+
+def _mobilenet_v2_layers() -> list[_Layer]:
+  """Conv1, each inverted residual's expand (but at expansion 1), depthwise and project, Conv_1.
+
+  As in DenseNet, the residual shortcuts are shorter than the convs they skip:
+  Keras's depth order is the source order.
+  """
+  layers = list(_conv_bn(("stem",)))
+  for i, (expansion, _, units, _) in enumerate(MOBILENET_V2_STAGES, start=1):
+    for unit in range(units):
+      for conv in ("expand", "depthwise", "project")[expansion == 1:]:
+        layers += _conv_bn((f"block{i}", f"unit{unit}", conv), depthwise=conv == "depthwise")
+  return layers + [*_conv_bn(("conv_last",)), _dense("head", "classifier")]
+
+
+def _resnet50_layers() -> list[_Layer]:
+  """conv1, then per unit `_1_conv, _1_bn, _2_conv, _2_bn, _3_conv, _3_bn`, all convs with bias.
+
+  A stage's first unit has a shortcut conv `_0_conv, _0_bn`, 2 layers deep to
+  the unit's sum as `_3_conv, _3_bn` are, and created before them: Keras's
+  depth order (see `_inception_v3_layers`) puts `_0_conv, _3_conv, _0_bn, _3_bn`.
+  """
+  units = models.create("resnet50", 1000).units
+  layers = list(_conv_bn(("stem", "conv"), bias=True))
+  for s, count in enumerate(units, start=1):
+    for i in range(count):
+      unit = (f"layer{s}", f"unit{i}")
+      for conv in ("conv1", "conv2"):
+        layers += _conv_bn((*unit, conv), bias=True)
+      last = _conv_bn((*unit, "conv3"), bias=True)
+      if i == 0:
+        shortcut = _conv_bn((*unit, "downsample"), bias=True)
+        last = (shortcut[0], last[0], shortcut[1], last[1])
+      layers += last
+  return layers + [_dense("head", "classifier")]
+
+
+def _fold_conv_biases(variables: dict) -> dict:
+  """`variables` with each `_CONV_BIAS` subtracted from its BatchNorm's moving mean."""
+  biases = traverse_util.flatten_dict(variables.pop(_CONV_BIAS, {}))
+  if biases:
+    stats = traverse_util.flatten_dict(variables["batch_stats"])
+    for path, bias in biases.items():
+      stats[path] = stats[path] - bias
+    variables["batch_stats"] = traverse_util.unflatten_dict(stats)
+  return variables
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arch:
+  """How `keras.applications` builds an arch.
+
+  `layers`: its weighted Keras layers in order; `top_size`: how many of them a
+  `notop` file lacks; `preprocess`: the input convention of its weights;
+  `attributes`: the Flax model attributes that reproduce Keras's layers.
+  """
+  layers: Callable[[], list[_Layer]]
+  top_size: int
+  preprocess: Preprocess
+  attributes: dict = dataclasses.field(default_factory=dict)
+
+
+_ARCHS: dict[str, _Arch] = {
+    "vgg16": _Arch(functools.partial(_vgg_layers, VGG16), 3, KERAS_CAFFE),
+    "vgg19": _Arch(functools.partial(_vgg_layers, VGG19), 3, KERAS_CAFFE),
+    "inception_v3": _Arch(_inception_v3_layers, 1, MINUS_ONE_TO_ONE),
+    # Keras's `preprocess_input(mode="torch")` is torchvision's normalisation. Its
+    # BatchNorms' eps, 1.001e-5, is the model's 1e-5 to within 1e-8 of a variance.
+    "densenet121": _Arch(_densenet121_layers, 1, TORCHVISION),
+    # TensorFlow's padding and BatchNorm epsilon, and 1000 classes (no background).
+    "mobilenet_v2": _Arch(_mobilenet_v2_layers, 1, MINUS_ONE_TO_ONE,
+                          {"same_padding": True, "bn_epsilon": 1e-3}),
+    # The paper's ResNet (v1); BatchNorm eps as DenseNet's.
+    "resnet50": _Arch(_resnet50_layers, 1, KERAS_CAFFE, {"stride_in_1x1": True}),
 }
 # Variants with a new head on an arch's trunk: they take the trunk of a full or
 # a notop file, and everything but their `head`, which `pretrained.transplant`
@@ -182,18 +306,22 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   """Builds the Flax `arch` with the weights of a Keras HDF5 file.
 
   Args:
-    arch: "vgg16", "vgg19", "inception_v3", or "vgg16_gap"/"vgg19_gap" (the
-      conv blocks of a VGG file, with or without its top).
+    arch: "vgg16", "vgg19", "inception_v3", "densenet121", "mobilenet_v2",
+      "resnet50", or "vgg16_gap"/"vgg19_gap" (the conv blocks of a VGG file,
+      with or without its top).
     path: a legacy `.h5` (keras.applications' downloads, full or `notop`) or
       a Keras 3 `.weights.h5` file, of the architecture as `keras.applications`
       builds it.
 
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
-    file's classifier (1000 without one), its variables as float32 numpy arrays
-    (without the `head` when the file has no top, or for a `_gap` variant) and
-    the input convention of Keras's weights: `preprocess_input(mode="caffe")`
-    for VGG, `mode="tf"` ([-1, 1]) for InceptionV3.
+    file's classifier (1000 without one) and the attributes of Keras's layers
+    (MobileNetV2: `same_padding=True, bn_epsilon=1e-3`; ResNet50:
+    `stride_in_1x1=True`), its variables as float32 numpy arrays (without the
+    `head` when the file has no top, or for a `_gap` variant) and the input
+    convention of Keras's weights: `preprocess_input(mode="caffe")` for VGG
+    and ResNet50, `mode="tf"` ([-1, 1]) for InceptionV3 and MobileNetV2,
+    `mode="torch"` (torchvision's) for DenseNet.
 
   Raises:
     ConversionError: naming the file and every missing, unexpected or
@@ -203,8 +331,8 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   if base not in _ARCHS:
     raise ValueError(f"unknown arch {arch!r}; "
                      f"expected one of {sorted([*_ARCHS, *_NEW_HEAD_VARIANTS])}")
-  list_layers, top_size, preprocess = _ARCHS[base]
-  layers = list_layers()
+  spec = _ARCHS[base]
+  layers, top_size = spec.layers(), spec.top_size
   source = _File(os.fspath(path))
   keys = source.keys(layers)
   arrays = source.arrays
@@ -214,7 +342,7 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   linked = len(layers) - top_size if arch != base else len(layers) - (not has_top)
   head_kernel = arrays.get(keys[-1][0]) if has_top else None
   num_classes = head_kernel.shape[-1] if head_kernel is not None and head_kernel.ndim == 2 else 1000
-  model = models.create(arch, num_classes)
+  model = models.create(arch, num_classes, **spec.attributes)
   expected = {variable: shape for variable, shape in expected_variables(model).items()
               if variable[1] != "head" or linked == len(layers)}
   links = {}
@@ -223,9 +351,13 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
       kernel = arrays[layer_keys[0]]
       if kernel.ndim == 2 and kernel.shape[0] == np.prod(layer.flatten_hwc):
         arrays[layer_keys[0]] = _chw_rows(kernel, layer.flatten_hwc)
-    links.update((variable, Link(key)) for variable, key in zip(layer.variables, layer_keys))
+    links.update((variable, Link(key, layer.kernel_perm if j == 0 else None))
+                 for j, (variable, key) in enumerate(zip(layer.variables, layer_keys)))
+  # A conv bias is checked as the BatchNorm mean it is folded into.
+  expected.update((variable, expected[("batch_stats", *variable[1:])])
+                  for variable in links if variable[0] == _CONV_BIAS)
   variables = check_and_build(
       expected, links, arrays, source.path,
       target=f"Keras {base} with {num_classes} classes" + (" (its trunk)" if arch != base else ""),
       unused_ok=lambda key: arch != base and key in top)
-  return model, variables, preprocess
+  return model, _fold_conv_biases(variables), spec.preprocess

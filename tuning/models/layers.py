@@ -75,6 +75,8 @@ def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: 
   averages, dropout is off), and the activation entering the first trainable
   block is cut from the graph with `stop_gradient`, so no gradient work happens
   below the freeze boundary even when something later reads the frozen grads.
+  Trainable blocks run in training mode; their BatchNorm normalises with batch
+  statistics only where the caller lets it update them (see `BatchNorm`).
 
   Only blocks `start` to `stop - 1` run (`stop=None`: to the end), `x` being what
   enters block `start`: the frozen trunk, a fixed function of each image, can
@@ -93,8 +95,30 @@ def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def batch_norm(train: bool, epsilon: float = 1e-5, use_scale: bool = True) -> nn.BatchNorm:
-  """A BatchNorm named `bn` with PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 there).
+# Flax's momentum keeps this share of the old running average: PyTorch's momentum 0.1.
+BN_MOMENTUM = 0.9
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` that, in training, normalises with batch statistics only if it may keep them.
+
+  Applied with `train=True` and `mutable=["batch_stats"]` it normalises with the
+  batch's statistics and updates its running averages; with `batch_stats`
+  immutable it normalises with its running averages, which stay as they are,
+  while dropout and stochastic depth still act (`train` is still True for them).
+  The train step chooses by what it lets change (tuning/bn_policy.py): a model
+  never normalises with statistics it does not keep.
+  """
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch = self.train and self.is_mutable_collection("batch_stats")
+    return super().__call__(x, use_running_average=not batch)
+
+
+def batch_norm(train: bool, epsilon: float = 1e-5, use_scale: bool = True) -> BatchNorm:
+  """A `BatchNorm` named `bn` with PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1 there).
 
   Weights trained in TensorFlow (EfficientNet-Lite) normalised with eps 1e-3
   and only reproduce their outputs with it; the momentum, a training choice
@@ -102,8 +126,8 @@ def batch_norm(train: bool, epsilon: float = 1e-5, use_scale: bool = True) -> nn
   `use_scale=False` leaves out the scale (gamma), as Keras's InceptionV3 does:
   its ReLU follows directly, so a scale would only rescale what the next conv sees.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
-                      use_scale=use_scale, name="bn")
+  return BatchNorm(train=train, momentum=BN_MOMENTUM, epsilon=epsilon, use_scale=use_scale,
+                   name="bn")
 
 
 class ConvNormAct(nn.Module):

@@ -28,11 +28,12 @@ class InvertedResidual(nn.Module):
   strides: int
   same_padding: bool = False
   folded_bn: bool = False
+  bn_epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda *a, **kw: ConvNormAct(*a, **kw, same_padding=self.same_padding,
-                                        folded_bn=self.folded_bn)
+                                        folded_bn=self.folded_bn, bn_epsilon=self.bn_epsilon)
     h = x
     if self.expansion != 1:
       h = conv(x.shape[-1] * self.expansion, 1, activation=relu6, name="expand")(h, train)
@@ -48,12 +49,14 @@ class Stage(nn.Module):
   strides: int
   same_padding: bool = False
   folded_bn: bool = False
+  bn_epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i in range(self.units):
       x = InvertedResidual(self.expansion, self.features, self.strides if i == 0 else 1,
-                           self.same_padding, self.folded_bn, name=f"unit{i}")(x, train)
+                           self.same_padding, self.folded_bn, self.bn_epsilon,
+                           name=f"unit{i}")(x, train)
     return x
 
 
@@ -65,11 +68,13 @@ class MobileNetV2(nn.Module):
     same_padding: TensorFlow 'SAME' padding (TFLite / Keras weights) instead of
       PyTorch's symmetric padding (torchvision weights).
     folded_bn: BatchNorm folded into conv biases, the layout of TFLite files.
+    bn_epsilon: the BatchNorm epsilon the weights were trained with (Keras: 1e-3).
     dropout_rate: dropout before the classifier (torchvision uses 0.2).
   """
   num_classes: int
   same_padding: bool = False
   folded_bn: bool = False
+  bn_epsilon: float = 1e-5
   dropout_rate: float = 0.2
 
   block_names: ClassVar[tuple[str, ...]] = (
@@ -79,11 +84,11 @@ class MobileNetV2(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
                start: int = 0, stop: int | None = None) -> jax.Array:
     conv = lambda *a, **kw: ConvNormAct(*a, **kw, same_padding=self.same_padding,
-                                        folded_bn=self.folded_bn)
+                                        folded_bn=self.folded_bn, bn_epsilon=self.bn_epsilon)
     blocks = [("stem", conv(32, 3, 2, activation=relu6, name="stem"))]
     for i, (expansion, features, units, strides) in enumerate(STAGES, start=1):
       blocks.append((f"block{i}", Stage(expansion, features, units, strides, self.same_padding,
-                                        self.folded_bn, name=f"block{i}")))
+                                        self.folded_bn, self.bn_epsilon, name=f"block{i}")))
     blocks.append(("conv_last", conv(1280, 1, activation=relu6, name="conv_last")))
     blocks.append(("head", ClassifierHead(self.num_classes, self.dropout_rate, name="head")))
     return run_blocks(blocks, x, train=train, trainable_from=trainable_from,

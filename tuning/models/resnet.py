@@ -5,7 +5,8 @@ ResNet-18 stacks basic blocks, ResNet-50 bottlenecks.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -35,15 +36,18 @@ class Bottleneck(nn.Module):
   """1x1 reduce, 3x3, 1x1 expand to 4x `features`.
 
   The stride is on the 3x3 conv (torchvision's "ResNet v1.5"), not on the first
-  1x1 as in the paper, so torchvision's weights only fit this placement.
+  1x1 as in the paper, so torchvision's weights only fit this placement;
+  `stride_in_1x1=True` is the paper's placement, which Keras's weights need.
   """
   features: int
   strides: int
+  stride_in_1x1: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    h = ConvNormAct(self.features, 1, name="conv1")(x, train)
-    h = ConvNormAct(self.features, 3, self.strides, name="conv2")(h, train)
+    first, second = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    h = ConvNormAct(self.features, 1, first, name="conv1")(x, train)
+    h = ConvNormAct(self.features, 3, second, name="conv2")(h, train)
     h = ConvNormAct(4 * self.features, 1, activation=None, name="conv3")(h, train)
     return _shortcut_relu(x, h, self.strides, train)
 
@@ -52,7 +56,7 @@ class Layer(nn.Module):
   features: int
   units: int
   strides: int
-  block: type[nn.Module] = BasicBlock
+  block: Callable[..., nn.Module] = BasicBlock
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -77,19 +81,24 @@ class ResNet(nn.Module):
     num_classes: outputs of the fresh `head`.
     units: blocks per stage (ResNet-18: 2,2,2,2; ResNet-50: 3,4,6,3).
     block: `BasicBlock` or `Bottleneck`.
+    stride_in_1x1: bottlenecks stride their first 1x1 conv, as in the paper
+      (Keras's ResNet50), not their 3x3 conv (torchvision's).
   """
   num_classes: int
   units: tuple[int, ...] = (2, 2, 2, 2)
   block: type[nn.Module] = BasicBlock
+  stride_in_1x1: bool = False
 
   block_names: ClassVar[tuple[str, ...]] = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
                start: int = 0, stop: int | None = None) -> jax.Array:
+    block = (functools.partial(self.block, stride_in_1x1=True) if self.stride_in_1x1
+             else self.block)
     blocks = [("stem", Stem(name="stem"))]
     for i, units in enumerate(self.units):
-      blocks.append((f"layer{i + 1}", Layer(64 * 2**i, units, 1 if i == 0 else 2, self.block,
+      blocks.append((f"layer{i + 1}", Layer(64 * 2**i, units, 1 if i == 0 else 2, block,
                                              name=f"layer{i + 1}")))
     blocks.append(("head", ClassifierHead(self.num_classes, name="head")))
     return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
