@@ -74,7 +74,8 @@ def test_the_verdict_names_best_scratch_gap_and_shallowest_as_good(sweep_dir):
   assert "Best on validation AUC: `deep`" in text
   assert "Against scratch" in text
   assert "Shallowest fine-tuning not significantly worse (p >= 0.05): `middle`" in text
-  assert "| deep | 1,000 | 3 |" in text and "| best |" in text
+  assert "| deep | 1 | 1,000 | 3 |" in text and "| best |" in text
+  assert "| middle | 2 |" in text and "| scratch | 3 |" in text and "| head | 4 |" in text  # by val AUC
   for plot in ("depth", "roc", "cost"):
     path = workdir / f"pneumoniamnist-mobilenet_v2-w.pth-{plot}.png"
     assert path.stat().st_size > 5000, plot
@@ -106,7 +107,7 @@ def test_report_merges_the_results_of_shards(tmp_path):
   _write_run(first, "scratch", 0)
   _write_run(second, "deep", 0)
   text = open(report.write_report(str(first), [str(second)]), encoding="utf-8").read()
-  assert "| scratch | 1,000 | 1 |" in text and "| deep | 1,000 | 1 |" in text
+  assert "| scratch | 2 | 1,000 | 1 |" in text and "| deep | 1 | 1,000 | 1 |" in text
   assert "p = " in text and "p = —" not in text  # predictions found in each shard's own dir
 
 

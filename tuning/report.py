@@ -138,15 +138,18 @@ def _fmt(value: float | None, spec: str = "{:.4f}") -> str:
 
 
 def scheme_table(schemes: Sequence[Scheme]) -> str:
+  """One row per scheme in depth order; `rank` orders them by validation AUC, the
+  criterion a user can apply without touching the test set."""
   best = best_of(schemes)
-  lines = ["| scheme | trainable params | seeds | val AUC | test AUC (95 % CI) | "
-           "sens @ 10 % FPR | p vs best | wall s |", "|---|---|---|---|---|---|---|---|"]
+  ranks = {id(s): i for i, s in enumerate(sorted(schemes, key=lambda s: -s.val_auc), start=1)}
+  lines = ["| scheme | rank (val) | trainable params | seeds | val AUC | test AUC (95 % CI) | "
+           "sens @ 10 % FPR | p vs best | wall s |", "|---|---|---|---|---|---|---|---|---|"]
   for s in schemes:
     sens = np.mean([r.get("test_sens_at_fpr10") for r in s.runs]) if all(
         r.get("test_sens_at_fpr10") is not None for r in s.runs) else None
     p = "best" if s is best else _fmt(s.p_vs_best, "{:.3g}")
     lines.append(
-        f"| {s.name} | {s.trainable:,} | {len(s.runs)} | {s.val_auc:.4f} | "
+        f"| {s.name} | {ranks[id(s)]} | {s.trainable:,} | {len(s.runs)} | {s.val_auc:.4f} | "
         f"{s.test_auc:.4f} ({_fmt(s.low)}–{_fmt(s.high)}) | {_fmt(sens, '{:.3f}')} | {p} | "
         f"{np.mean([r['wall_s'] for r in s.runs]):.0f} |")
   return "\n".join(lines)
