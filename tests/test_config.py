@@ -154,3 +154,15 @@ def test_batch_size_must_split_over_devices():
                        timeout=120, check=True).stdout
   assert "config.batch_size = 6: must be a multiple of the 4 devices" in out
   assert "8 ok" in out
+
+
+@pytest.mark.parametrize("arch, size, minimum", [
+    ("inception_v3", 74, 75), ("alexnet", 62, 63), ("alexnet_caffe", 38, 39)])
+def test_an_image_size_below_the_archs_minimum_is_named(arch, size, minimum):
+  config = config_lib.defaults()
+  config.arch, config.image_size, config.schemes, config.scheme = arch, size, ("head",), "head"
+  with pytest.raises(ValueError, match=rf"config.image_size = {size}: {arch} needs at least "
+                                       rf"{minimum} px"):
+    config_lib.validate(config)
+  config.image_size = minimum
+  config_lib.validate(config)

@@ -9,6 +9,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import pytest
 
 import test_train_step
 from tuning import models
@@ -47,3 +48,9 @@ def test_frozen_blocks_bit_identical_trainable_blocks_change(monkeypatch):
   test_train_step.test_frozen_blocks_bit_identical_trainable_blocks_change(
       "inception_v3", "from:mixed9")
 
+
+
+def test_images_below_75_px_are_refused_not_turned_into_nan():
+  model = models.create("inception_v3", 2)
+  with pytest.raises(ValueError, match="InceptionV3 needs images of at least 75 px, got 74x80"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 74, 80, 3)))

@@ -142,7 +142,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "arch" not in bad and config.arch not in models.ARCHITECTURES:
     problems.append(f"config.arch = {config.arch!r}: expected one of {sorted(models.ARCHITECTURES)}")
   elif "arch" not in bad:
-    blocks = type(models.create(config.arch, 1)).block_names
+    architecture = type(models.create(config.arch, 1))
+    blocks = architecture.block_names
+    min_size = getattr(architecture, "min_size", 32)
+    if "image_size" not in bad and config.image_size < min_size:
+      problems.append(f"config.image_size = {config.image_size}: {config.arch} needs at least "
+                      f"{min_size} px")
     named = [] if "scheme" in bad else [("scheme", config.scheme)]
     if "schemes" not in bad:
       named += [("schemes", s) for s in config.schemes]

@@ -43,7 +43,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tuning.models.layers import adaptive_avg_pool, conv_init, local_response_norm, run_blocks
+from tuning.models.layers import (adaptive_avg_pool, check_image_size, conv_init,
+                                  local_response_norm, run_blocks)
 
 
 def max_pool(x: jax.Array, ceil_mode: bool) -> jax.Array:
@@ -136,9 +137,7 @@ class _AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
                start: int = 0, stop: int | None = None) -> jax.Array:
-    if start == 0 and min(x.shape[1:3]) < self.min_size:  # x is an image
-      raise ValueError(f"{type(self).__name__} needs images of at least {self.min_size} px, "
-                       f"got {x.shape[1]}x{x.shape[2]}")
+    check_image_size(self, x, start)
     blocks = [(f"conv{i}", ConvBlock(*spec, ceil_mode=self.ceil_mode, name=f"conv{i}"))
               for i, spec in enumerate(self.convs, start=1)]
     widths = (self.fc_width, self.fc_width, self.num_classes)

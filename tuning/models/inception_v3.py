@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tuning.models.layers import ClassifierHead, ConvNormAct, run_blocks
+from tuning.models.layers import ClassifierHead, ConvNormAct, check_image_size, run_blocks
 
 # Keras's BatchNormalization default; the weights only reproduce their outputs with it.
 BN_EPSILON = 1e-3
@@ -175,10 +175,14 @@ class InceptionV3(nn.Module):
   num_classes: int
 
   block_names: ClassVar[tuple[str, ...]] = ("stem", *(name for name, _ in BLOCKS), "head")
+  # Keras's minimum: smaller inputs leave mixed2's output too small for mixed3's
+  # stride-2 valid convs, and the maps (then the logits) go empty.
+  min_size: ClassVar[int] = 75
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
                start: int = 0, stop: int | None = None) -> jax.Array:
+    check_image_size(self, x, start)
     blocks = [("stem", Stem(name="stem"))]
     blocks += [(name, Mixed(branches, name=name)) for name, branches in BLOCKS]
     blocks.append(("head", ClassifierHead(self.num_classes, name="head")))

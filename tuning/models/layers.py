@@ -67,6 +67,14 @@ class DepthwiseConv(nn.Module):
     return y
 
 
+def check_image_size(model: nn.Module, x: jax.Array, start: int) -> None:
+  """Refuses images smaller than `model.min_size` (when `x` is an image, `start == 0`):
+  they would shrink to an empty map and give NaN logits rather than an error."""
+  if start == 0 and min(x.shape[1:3]) < model.min_size:
+    raise ValueError(f"{type(model).__name__} needs images of at least {model.min_size} px, "
+                     f"got {x.shape[1]}x{x.shape[2]}")
+
+
 def run_blocks(blocks: Sequence[tuple[str, nn.Module]], x: jax.Array, *, train: bool,
                trainable_from: int, start: int = 0, stop: int | None = None) -> jax.Array:
   """Applies the model's named blocks in order, freezing those below `trainable_from`.

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from tuning.models.alexnet import ConvBlock, max_pool
-from tuning.models.layers import run_blocks
+from tuning.models.layers import check_image_size, run_blocks
 
 # (squeeze channels, channels of each expand conv, a max-pool follows) of fire2..fire9.
 FIRES = ((16, 64, False), (16, 64, True), (32, 128, False), (32, 128, True),
@@ -77,9 +77,7 @@ class SqueezeNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
                start: int = 0, stop: int | None = None) -> jax.Array:
-    if start == 0 and min(x.shape[1:3]) < self.min_size:  # x is an image
-      raise ValueError(f"SqueezeNet needs images of at least {self.min_size} px, "
-                       f"got {x.shape[1]}x{x.shape[2]}")
+    check_image_size(self, x, start)
     blocks = [("stem", ConvBlock(64, 3, 2, 0, pool=True, ceil_mode=True, name="stem"))]
     blocks += [(name, Fire(*spec, name=name)) for name, spec in zip(_FIRE_NAMES, FIRES)]
     blocks.append(("head", Classifier(self.num_classes, self.dropout_rate, name="head")))
