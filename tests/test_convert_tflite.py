@@ -13,24 +13,6 @@ MOBILENET_V2_FILES = ("tf2_mobilenet_v2_1.0_224_ptq.tflite",  # int8 per-channel
                       "mobilenet_v2_1.0_224_quant.tflite")  # uint8 per-tensor, TF-slim
 
 
-def _litert_top1(path, images: np.ndarray) -> list[int]:
-  """The interpreter's class for each image, fed quantized as its input tensor asks."""
-  interpreter_module = pytest.importorskip(
-      "ai_edge_litert.interpreter", reason="the LiteRT interpreter is the reference")
-  interpreter = interpreter_module.Interpreter(model_path=str(path))
-  interpreter.allocate_tensors()
-  (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-  scale, zero_point = source["quantization"]
-  info = np.iinfo(source["dtype"])
-  quantized = np.clip(np.round(MINUS_ONE_TO_ONE(images) / scale + zero_point), info.min, info.max)
-  top1 = []
-  for image in quantized.astype(source["dtype"]):
-    interpreter.set_tensor(source["index"], image[None])
-    interpreter.invoke()
-    top1.append(int(np.argmax(interpreter.get_tensor(target["index"])[0])))
-  return top1
-
-
 @pytest.mark.parametrize("name", MOBILENET_V2_FILES)
 def test_top1_matches_litert(name):
   path = imagenet_samples.weights_dir() / name
@@ -41,7 +23,7 @@ def test_top1_matches_litert(name):
   assert set(variables) == {"params"}  # BatchNorm is folded: no batch_stats
   logits = jax.jit(model.apply)(variables, preprocess(images))
   ours = [int(i) for i in np.argmax(logits, axis=-1)]
-  theirs = _litert_top1(path, images)
+  theirs = [int(i) for i in np.argmax(imagenet_samples.litert_outputs(path, images), axis=1)]
 
   labels = imagenet_samples.labels()
   print(name, {n: (labels[a], labels[b]) for n, a, b in

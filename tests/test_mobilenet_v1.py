@@ -27,25 +27,6 @@ def _file(alpha: str, size: int):
   return imagenet_samples.weights_dir() / f"mobilenet_v1_{alpha}_{size}_quant.tflite"
 
 
-def _litert_probabilities(path, images: np.ndarray) -> np.ndarray:
-  """The interpreter's dequantized softmax output, fed each image quantized as its input asks."""
-  interpreter_module = pytest.importorskip(
-      "ai_edge_litert.interpreter", reason="the LiteRT interpreter is the reference")
-  interpreter = interpreter_module.Interpreter(model_path=str(path))
-  interpreter.allocate_tensors()
-  (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-  scale, zero_point = source["quantization"]
-  info = np.iinfo(source["dtype"])
-  quantized = np.clip(np.round(MINUS_ONE_TO_ONE(images) / scale + zero_point), info.min, info.max)
-  out_scale, out_zero_point = target["quantization"]
-  outputs = []
-  for image in quantized.astype(source["dtype"]):
-    interpreter.set_tensor(source["index"], image[None])
-    interpreter.invoke()
-    outputs.append((interpreter.get_tensor(target["index"])[0] - out_zero_point) * out_scale)
-  return np.stack(outputs)
-
-
 @pytest.mark.parametrize("alpha, size", [("0.25", 128), ("0.5", 160), ("0.75", 192)])
 def test_top1_and_probabilities_match_litert(alpha, size):
   """Each uint8 file, dequantized to float, picks the interpreter's class for every photo.
@@ -62,7 +43,7 @@ def test_top1_and_probabilities_match_litert(alpha, size):
   assert preprocess == MINUS_ONE_TO_ONE
   assert set(variables) == {"params"}  # BatchNorm is folded: no batch_stats
   probabilities = np.asarray(jax.nn.softmax(jax.jit(model.apply)(variables, preprocess(images))))
-  reference = _litert_probabilities(path, images)
+  reference = imagenet_samples.litert_outputs(path, images)
   ours = [int(i) for i in np.argmax(probabilities, axis=-1)]
   theirs = [int(i) for i in np.argmax(reference, axis=-1)]
 
