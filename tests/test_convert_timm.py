@@ -15,7 +15,7 @@ import pytest
 
 import imagenet_samples
 import test_resnet50_densenet
-from test_convert_torchvision import _predict, _random_model, _torchvision_models
+from test_convert_torchvision import _logits_of_both, _random_model, _torchvision_models
 from test_vgg import _CFGS, _NARROW, _torch_vgg, narrow  # noqa: F401 (fixture)
 from tuning.convert import ConversionError, from_timm, from_torchvision
 from tuning.preprocess import MINUS_ONE_TO_ONE, TORCHVISION, Preprocess
@@ -170,16 +170,6 @@ def _save(state, path):
   return path
 
 
-def _logits(torch, reference, model, variables, height, width):
-  x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1))
-  with torch.no_grad():
-    want = reference(x).numpy()
-  got = np.asarray(_predict(model, variables, x.permute(0, 2, 3, 1).numpy()))
-  print(f"{height}x{width}: max |logit diff| = {np.abs(got - want).max():.2e}, "
-        f"max |logit| = {np.abs(want).max():.1f}")
-  return got, want
-
-
 @pytest.fixture(scope="module")
 def resnet18_file(torch, tmp_path_factory):
   """A random ResNet-18 of 10 classes saved as timm's files are."""
@@ -194,7 +184,7 @@ def test_efficientnet_builder_logits_match_timm_layout(tmp_path, torch, arch):
       arch, _save(reference.state_dict(), tmp_path / "model.safetensors"))
   assert model.num_classes == 1000 and preprocess == TORCHVISION
   # 56 px: odd feature maps reach the stride-2 convs.
-  got, want = _logits(torch, reference, model, variables, 56, 56)
+  got, want = _logits_of_both(torch, reference, model, variables, 56, 56)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
@@ -255,10 +245,10 @@ def test_vgg_logits_match_timm_below_256_px(tmp_path, torch, narrow, arch, exact
   # The same variables as torchvision's file, which timm's holds reshaped.
   chex.assert_trees_all_equal(variables, from_torchvision(arch, torchvision_vgg.state_dict())[1])
   for height, width in exact:
-    got, want = _logits(torch, reference, model, variables, height, width)
+    got, want = _logits_of_both(torch, reference, model, variables, height, width)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
   if inexact:
-    got, want = _logits(torch, reference, model, variables, *inexact)
+    got, want = _logits_of_both(torch, reference, model, variables, *inexact)
     assert np.abs(got - want).max() > 1e-3
 
 

@@ -96,6 +96,22 @@ def _predict(model, variables, images):
   return jax.jit(model.apply, static_argnames="train")(variables, images, train=False)
 
 
+def _logits_of_both(torch, reference, model, variables, height, width):
+  """(ours, the reference's) logits on the same two random NCHW / NHWC images."""
+  x = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    want = reference(x).numpy()
+  got = np.asarray(_predict(model, variables, x.permute(0, 2, 3, 1).numpy()))
+  print(f"{type(model).__name__} {height}x{width}: max |logit diff| = "
+        f"{np.abs(got - want).max():.2e}, max |logit| = {np.abs(want).max():.1f}")
+  return got, want
+
+
+def _assert_logits_match(torch, reference, model, variables, height, width):
+  np.testing.assert_allclose(*_logits_of_both(torch, reference, model, variables, height, width),
+                             rtol=0, atol=1e-4)
+
+
 def _random_model(torch, arch, num_classes, references=_torchvision_models):
   """A reference model in eval mode whose BatchNorms all matter (random affine and stats).
 
@@ -117,18 +133,12 @@ def _random_model(torch, arch, num_classes, references=_torchvision_models):
 def test_logits_match_torch(tmp_path, torch, arch, num_classes):
   reference = _random_model(torch, arch, num_classes)
   torch.save(reference.state_dict(), tmp_path / "weights.pth")
-  x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-  with torch.no_grad():
-    want = reference(x).numpy()
 
   model, variables, preprocess = from_torchvision(arch, tmp_path / "weights.pth")
 
   assert model.num_classes == num_classes and preprocess == TORCHVISION
   assert set(variables) == {"params", "batch_stats"}
-  got = np.asarray(_predict(model, variables, x.permute(0, 2, 3, 1).numpy()))
-  print(f"{arch}: max |logit diff| = {np.abs(got - want).max():.2e}, "
-        f"max |logit| = {np.abs(want).max():.1f}")
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+  _assert_logits_match(torch, reference, model, variables, 64, 64)
 
 
 def test_in_memory_state_dict_gives_the_same_variables(tmp_path, torch):

@@ -11,7 +11,7 @@ import pytest
 
 import imagenet_samples
 import test_train_step
-from test_convert_torchvision import _predict, _random_model
+from test_convert_torchvision import _assert_logits_match, _predict, _random_model
 from tuning import models
 from tuning.convert import ConversionError, from_torchvision, load_state_dict
 from tuning.convert.torchvision import EFFICIENTNET_LITE
@@ -168,19 +168,13 @@ def reference(torch):
 
 def test_logits_match_torch(tmp_path, torch, reference):
   torch.save(reference.state_dict(), tmp_path / "weights.pth")
-  # 40 px: odd maps (5x5, 3x3) reach stride-2 and 5x5 depthwise convs.
-  x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
-  with torch.no_grad():
-    want = reference(x).numpy()
 
   model, variables, preprocess = from_torchvision("efficientnet_b0", tmp_path / "weights.pth")
 
   assert model.num_classes == 10 and preprocess == TORCHVISION
   assert set(variables) == {"params", "batch_stats"}
-  got = np.asarray(_predict(model, variables, x.permute(0, 2, 3, 1).numpy()))
-  print(f"efficientnet_b0: max |logit diff| = {np.abs(got - want).max():.2e}, "
-        f"max |logit| = {np.abs(want).max():.1f}")
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+  # 40 px: odd maps (5x5, 3x3) reach stride-2 and 5x5 depthwise convs.
+  _assert_logits_match(torch, reference, model, variables, 40, 40)
 
 
 def test_squeeze_excitation_keys_are_checked(reference):

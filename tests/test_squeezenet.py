@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import imagenet_samples
-from test_convert_torchvision import _predict
+from test_convert_torchvision import _assert_logits_match, _predict
 from test_mobilenet_v1 import PHOTO_CLASSES
 from tuning import models
 from tuning.convert import ConversionError, from_numpy_pickle, from_torchvision
@@ -75,18 +75,12 @@ def test_torchvision_checkpoint_matches_torch(tmp_path, torch):
   rounding down would give 15x11, 7x5 and 3x2."""
   reference = _torch_squeezenet(torch, 10)
   torch.save(reference.state_dict(), tmp_path / "weights.pth")
-  x = torch.randn(2, 3, 65, 49, generator=torch.Generator().manual_seed(1))
-  with torch.no_grad():
-    want = reference(x).numpy()
 
   model, variables, preprocess = from_torchvision("squeezenet1_1", tmp_path / "weights.pth")
 
   assert model.num_classes == 10 and preprocess == TORCHVISION
   assert set(variables) == {"params"}
-  got = np.asarray(_predict(model, variables, x.permute(0, 2, 3, 1).numpy()))
-  print(f"squeezenet1_1: max |logit diff| = {np.abs(got - want).max():.2e}, "
-        f"max |logit| = {np.abs(want).max():.1f}, zero logits {np.mean(want == 0):.0%}")
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+  _assert_logits_match(torch, reference, model, variables, 65, 49)
 
 
 def _caffe_layout(num_classes: int) -> dict[str, list[np.ndarray]]:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import test_train_step
+from test_convert_torchvision import _assert_logits_match
 from tuning import models
 from tuning.convert import from_torchvision
 from tuning.models.layers import adaptive_avg_pool
@@ -74,26 +75,6 @@ def narrow(monkeypatch):
                         functools.partial(VGG, depths=depths, fc_width=_NARROW))
 
 
-def _logits(model, variables, images):
-  images = jnp.asarray(images.permute(0, 2, 3, 1).numpy())
-  return np.asarray(jax.jit(model.apply)(variables, images))
-
-
-def _images(torch, height, width):
-  return torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1))
-
-
-def _assert_parity(torch, reference, model, variables, sizes):
-  for height, width in sizes:
-    x = _images(torch, height, width)
-    with torch.no_grad():
-      want = reference(x).numpy()
-    got = _logits(model, variables, x)
-    print(f"{height}x{width}: max |logit diff| = {np.abs(got - want).max():.2e}, "
-          f"max |logit| = {np.abs(want).max():.1f}")
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-
-
 # 32 px leaves 1x1 maps that torchvision's pooling copies to 7x7; 96x64 leaves 3x2,
 # whose 7x7 windows overlap unevenly and tell height from width. VGG19 differs only
 # in its conv indices, so one size does.
@@ -105,7 +86,8 @@ def test_converted_checkpoint_matches_torch(tmp_path, torch, narrow, arch, sizes
   model, variables, preprocess = from_torchvision(arch, tmp_path / "weights.pth")
   assert model.num_classes == 10 and preprocess == TORCHVISION
   assert set(variables) == {"params"}
-  _assert_parity(torch, reference, model, variables, sizes)
+  for height, width in sizes:
+    _assert_logits_match(torch, reference, model, variables, height, width)
 
 
 def test_gap_variant_takes_the_conv_blocks_of_a_vgg_checkpoint(torch, narrow):
@@ -117,13 +99,9 @@ def test_gap_variant_takes_the_conv_blocks_of_a_vgg_checkpoint(torch, narrow):
   head = {"kernel": rng.normal(0, 0.05, size=(512, 3)).astype(np.float32),
           "bias": rng.normal(size=3).astype(np.float32)}
   variables = {"params": {**variables["params"], "head": {"classifier": head}}}
-  x = _images(torch, 64, 64)
-  with torch.no_grad():
-    want = reference.features(x).mean((2, 3)).numpy() @ head["kernel"] + head["bias"]
-  got = _logits(model.clone(num_classes=3), variables, x)
-  print(f"gap: max |logit diff| = {np.abs(got - want).max():.2e}, "
-        f"max |logit| = {np.abs(want).max():.1f}")
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+  gap_reference = lambda x: (reference.features(x).mean((2, 3)) @ torch.from_numpy(head["kernel"])
+                             + torch.from_numpy(head["bias"]))
+  _assert_logits_match(torch, gap_reference, model.clone(num_classes=3), variables, 64, 64)
 
 
 # Each example compiles for its shapes, so few examples; sizes below, at and above the output's.
