@@ -11,24 +11,40 @@ from tuning.models.layers import DepthwiseConv, conv_padding
 
 
 RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+MOBILENET_V2_BLOCKS = ("stem", *(f"block{i}" for i in range(1, 8)), "conv_last", "head")
+VGG_CONV_BLOCKS = tuple(f"block{i}" for i in range(1, 6))
+MOBILENET_V1_BLOCKS = ("stem", "block1", "block2", "block3", "block4", "block5", "head")
+SQUEEZENET_BLOCKS = ("stem", *(f"fire{i}" for i in range(2, 10)), "head")
 
 
+# Parameter counts at 1000 classes of the framework each architecture's weights come from.
 @pytest.mark.parametrize("arch, blocks, n_params", [
-    ("mobilenet_v2", ("stem", *(f"block{i}" for i in range(1, 8)), "conv_last", "head"), 3_504_872),
-    ("resnet18", RESNET_BLOCKS, 11_689_512),
-    ("resnet50", RESNET_BLOCKS, 25_557_032),
+    ("mobilenet_v2", MOBILENET_V2_BLOCKS, 3_504_872),  # torchvision
+    ("resnet18", RESNET_BLOCKS, 11_689_512),  # torchvision
+    ("resnet50", RESNET_BLOCKS, 25_557_032),  # torchvision
     ("densenet121", ("stem", "block1", "block2", "block3", "block4", "head"), 7_978_856),
+    ("efficientnet_b0", MOBILENET_V2_BLOCKS, 5_288_548),  # torchvision
+    ("efficientnet_lite0", MOBILENET_V2_BLOCKS, 4_652_008),  # efficientnet-lite-pytorch
+    # Keras's `MobileNet(alpha)` trainable parameters (BatchNorm's moving statistics are
+    # in `batch_stats` here).
+    ("mobilenet_v1_1.0", MOBILENET_V1_BLOCKS, 4_231_976),
+    ("mobilenet_v1_0.25", MOBILENET_V1_BLOCKS, 470_072),
+    ("squeezenet1_1", SQUEEZENET_BLOCKS, 1_235_496),  # torchvision
+    ("vgg16", (*VGG_CONV_BLOCKS, "fc6", "fc7", "head"), 138_357_544),  # torchvision
+    ("vgg19", (*VGG_CONV_BLOCKS, "fc6", "fc7", "head"), 143_667_240),  # torchvision
+    # torchvision's conv parameters and a 512 x 1000 linear head.
+    ("vgg16_gap", (*VGG_CONV_BLOCKS, "head"), 14_714_688 + 513_000),
+    ("vgg19_gap", (*VGG_CONV_BLOCKS, "head"), 20_024_384 + 513_000),
 ])
 def test_blocks_are_named_ordered_and_own_all_params(arch, blocks, n_params):
   model = models.create(arch, num_classes=1000)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   assert type(model).block_names == blocks
   assert set(variables["params"]) == set(blocks)
-  # torchvision's parameter counts at 1000 classes.
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(variables["params"])) == n_params
   # The head is only the fresh classifier: every BatchNorm belongs to a transferable block.
   assert set(variables["params"]["head"]) == {"classifier"}
-  assert "head" not in variables["batch_stats"]
+  assert "head" not in variables.get("batch_stats", {})
   out = jax.eval_shape(model.apply, variables, jnp.zeros((3, 64, 64, 3)))
   chex.assert_shape(out, (3, 1000))
 
