@@ -26,6 +26,8 @@ os.environ["KERAS_BACKEND"] = "jax"
 keras = pytest.importorskip("keras", reason="Keras 3 parity references: pip install -e '.[parity]'")
 legacy_h5_format = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format",
                                        reason="Keras 3 writes legacy .h5 weights with it")
+keras_efficientnet = pytest.importorskip("keras.src.applications.efficientnet",
+                                         reason="its ImageNet stddev and weights download")
 
 narrow = test_vgg.narrow  # a fixture: `vgg16`/`vgg19` with fc6/fc7 `_NARROW` wide
 # Keras's variables warn on every conversion to numpy (keras/src/backend/jax/core.py).
@@ -38,10 +40,11 @@ def _zero_kernels():
   """Keras models built inside start with zero kernels, for `_randomize` to replace.
 
   Keras draws its initial kernels with one XLA compilation per kernel shape,
-  which takes a minute for InceptionV3 on this CPU.
+  which takes a minute for InceptionV3 on this CPU. Its Glorot and He
+  initialisers (EfficientNet's own too) are all `VarianceScaling`s.
   """
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(keras.initializers.GlorotUniform, "__call__",
+    patch.setattr(keras.initializers.VarianceScaling, "__call__",
                   lambda self, shape, dtype=None: np.zeros(shape, "float32"))
     yield
 
@@ -60,6 +63,8 @@ def _randomize(model, seed=0):
   Keras starts them at mean 0 and variance 1, which would hide a mix-up of the two.
   Kernels keep the scale of their inputs (He's), a depthwise kernel (k, k, C, 1)
   having fan-in k*k: at C times less, MobileNetV2's signal would vanish.
+  EfficientNet's input `Normalization` gets the statistics of pixels in [0, 1]
+  (and keeps its own copy of them, made by `finalize_state`).
   """
   rng = np.random.default_rng(seed)
   depthwise = {layer.kernel.path for layer in model.layers
@@ -70,8 +75,14 @@ def _randomize(model, seed=0):
           "gamma": lambda v: rng.uniform(0.5, 1.5, v.shape),
           "beta": lambda v: rng.normal(0, 0.2, v.shape),
           "moving_mean": lambda v: rng.normal(0, 0.2, v.shape),
-          "moving_variance": lambda v: rng.uniform(0.5, 2.0, v.shape)}
-  model.set_weights([draw[v.name](v).astype(np.float32) for v in model.weights])
+          "moving_variance": lambda v: rng.uniform(0.5, 2.0, v.shape),
+          "mean": lambda v: rng.uniform(0.3, 0.6, v.shape),
+          "variance": lambda v: rng.uniform(0.03, 0.1, v.shape),
+          "count": lambda v: np.zeros(v.shape)}
+  model.set_weights([draw[v.name](v).astype(v.dtype) for v in model.weights])
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.Normalization):
+      layer.finalize_state()
 
 
 def _save_legacy(model, path):
@@ -86,6 +97,11 @@ def _save_legacy(model, path):
 
 def _images(height, width, seed=1):
   return np.random.default_rng(seed).normal(size=(2, height, width, 3)).astype(np.float32)
+
+
+def _pixels(height, width, seed=1):
+  """uint8 RGB images, for models that normalise their input themselves."""
+  return np.random.default_rng(seed).integers(0, 256, size=(2, height, width, 3), dtype=np.uint8)
 
 
 # XLA's optimisations take most of the compile time of these one-off forward
@@ -276,3 +292,82 @@ def test_vgg19_gap_takes_the_conv_blocks_of_a_notop_file(tmp_path):
   got = _logits(model.clone(num_classes=3),
                 {"params": {**variables["params"], "head": {"classifier": head}}}, images)
   _assert_close("vgg19_gap", got, want)
+
+
+@pytest.fixture(scope="module")
+def efficientnet(tmp_path_factory):
+  """Keras's EfficientNetB0 at its smallest input (32 px), 7 classes, in the download layout.
+
+  Random squeeze-excitation gates are sigmoids of about 0, which halve each
+  unit's output: the image's share of the logits would fall 2x per stage, to
+  1e-3. Their `se_expand` biases are raised by 3 to open them (to about 0.95).
+  """
+  reference = _build(keras.applications.EfficientNetB0, input_shape=(32, 32, 3), classes=7,
+                     classifier_activation=None)
+  for layer in reference.layers:
+    if layer.name.endswith("_se_expand"):
+      kernel, bias = layer.get_weights()
+      layer.set_weights([kernel, bias + 3])
+  path = _save_legacy(reference, tmp_path_factory.mktemp("efficientnet_b0") / "weights.h5")
+  return reference, path, from_keras("efficientnet_b0", path)
+
+
+def test_efficientnet_b0_logits_match_keras(efficientnet):
+  """Keras's model takes pixels, ours `preprocess(pixels)`, its Rescaling and Normalization.
+
+  At 32 px every stride-2 conv sees an even map, where Keras's correct_pad
+  (TensorFlow's SAME) pads one pixel less before than after; the last ones
+  (block4, block6) a 4x4 and a 2x2 map, with 3x3 and 5x5 kernels.
+  """
+  reference, _, (model, variables, preprocess) = efficientnet
+  assert model.num_classes == 7
+  assert (model.same_padding, model.bn_epsilon) == (True, 1e-3)
+  normalization = next(layer for layer in reference.layers
+                       if isinstance(layer, keras.layers.Normalization))
+  mean, variance, _ = normalization.get_weights()
+  np.testing.assert_allclose(preprocess.mean, 255 * mean, rtol=1e-6)
+  np.testing.assert_allclose(preprocess.std, 255 * np.sqrt(variance), rtol=1e-6)
+  pixels = _pixels(32, 32)
+  want = _keras_logits(reference, pixels.astype(np.float32))
+  assert np.abs(want[0] - want[1]).max() > 1e-2  # the logits depend on the image
+  _assert_close("efficientnet_b0", _logits(model, variables, preprocess(pixels)), want)
+
+
+def test_efficientnet_b0_keras3_layout_gives_the_same_variables(efficientnet, tmp_path):
+  """Keras 3 names the layers by class: `normalization`, `depthwise_conv2d_k`, ..."""
+  reference, _, (_, want, want_preprocess) = efficientnet
+  reference.save_weights(tmp_path / "model.weights.h5")
+  _, got, preprocess = from_keras("efficientnet_b0", tmp_path / "model.weights.h5")
+  chex.assert_trees_all_equal(got, want)
+  assert preprocess == want_preprocess
+
+
+def test_efficientnet_b0_imagenet_notop_file_has_torchvision_preprocessing(
+    efficientnet, tmp_path, monkeypatch):
+  """A notop file with the ImageNet file's Normalization, read by Keras as `weights="imagenet"`.
+
+  That file holds ImageNet's RGB stddev as the variance (tensorflow#49930), and
+  the model Keras builds for it divides by sqrt(stddev) after its Normalization:
+  torchvision's convention in all. Keras reads the file in place of its download.
+  """
+  reference, _, (_, full, _) = efficientnet
+  notop = _build(keras.applications.EfficientNetB0, include_top=False, input_shape=(32, 32, 3))
+  weights = reference.get_weights()[:-2]  # all but the classifier, in the same order
+  weights[:2] = [np.float32(TORCHVISION.mean) / 255,
+                 np.float32(keras_efficientnet.IMAGENET_STDDEV_RGB)]  # the Normalization's
+  notop.set_weights(weights)
+  path = _save_legacy(notop, tmp_path / "efficientnetb0_notop.h5")
+  monkeypatch.setattr(keras_efficientnet.file_utils, "get_file", lambda *args, **kwargs: path)
+  with _zero_kernels():
+    imagenet = keras.applications.EfficientNetB0(include_top=False, input_shape=(32, 32, 3))
+
+  model, variables, preprocess = from_keras("efficientnet_b0", path)
+
+  assert model.num_classes == 1000 and preprocess == TORCHVISION
+  chex.assert_trees_all_equal(
+      variables, {collection: {block: tree for block, tree in blocks.items() if block != "head"}
+                  for collection, blocks in full.items()})
+  pixels = _pixels(32, 32)
+  stem_input = keras.Model(imagenet.input, imagenet.get_layer("stem_conv_pad").input)
+  np.testing.assert_allclose(preprocess(pixels), stem_input(pixels.astype(np.float32)),
+                             rtol=0, atol=1e-5)

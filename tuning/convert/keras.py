@@ -18,7 +18,9 @@ dense (in, out)), but for depthwise kernels, (k, k, C, 1) in Keras and
 (k, k, 1, C) in Flax, and VGG's fc1 rows, which need reordering. ResNet50's
 convs have a bias before their BatchNorm, which the model has not: BN(conv(x) + b)
 with moving mean m is BN(conv(x)) with mean m - b (and in training the batch
-mean absorbs b), so the bias is folded into the mean.
+mean absorbs b), so the bias is folded into the mean. EfficientNet normalises
+its input inside the model, with a `Normalization` layer whose mean and
+variance are in the file: they become the returned `Preprocess`, not layers.
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import h5py
+import jax
 import numpy as np
 from flax import traverse_util
 
 from tuning import models
 from tuning.convert.common import ConversionError, Link, check_and_build, expected_variables
+from tuning.models.efficientnet import STAGES as EFFICIENTNET_STAGES
 from tuning.models.inception_v3 import BLOCKS, STEM
 from tuning.models.mobilenet_v2 import STAGES as MOBILENET_V2_STAGES
 from tuning.models.vgg import VGG16, VGG19
@@ -58,6 +62,10 @@ URLS = {
         f"{_BASE}/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
     "resnet50": f"{_BASE}/resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
     "resnet50_notop": f"{_BASE}/resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    # keras.applications.efficientnet's own BASE_WEIGHTS_PATH, outside `_BASE`.
+    "efficientnet_b0": "https://storage.googleapis.com/keras-applications/efficientnetb0.h5",
+    "efficientnet_b0_notop":
+        "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
 }
 
 Path = tuple[str, ...]
@@ -66,6 +74,13 @@ Path = tuple[str, ...]
 _CONV_BIAS = "conv_bias"
 # (H, W, C) of the map VGG's fc6 flattens: block5's 512 channels, pooled to 7x7.
 _VGG_FC6_INPUT = (7, 7, 512)
+# The pseudo-collection of the input `Normalization` layer's arrays (EfficientNet),
+# by name with their shapes: per-channel mean and variance, and the sample count
+# of `adapt`, which the conversion checks but does not need.
+_NORMALIZATION = "normalization"
+_NORMALIZATION_SHAPES = {"mean": (3,), "variance": (3,), "count": ()}
+# keras.applications.efficientnet.IMAGENET_STDDEV_RGB (see `_normalization_preprocess`).
+_KERAS_IMAGENET_STDDEV = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +153,14 @@ def _inception_v3_layers() -> list[_Layer]:
   return layers + [_dense("head", "classifier")]
 
 
+def _biased_conv(path: Path) -> _Layer:
+  """A Conv2D with a bias: the `nn.Conv` at `path`."""
+  return _Layer("conv2d", (("params", *path, "kernel"), ("params", *path, "bias")))
+
+
 def _vgg_layers(depths: tuple[int, ...]) -> list[_Layer]:
   """block1_conv1 .. block5_convN, fc1, fc2, predictions."""
-  convs = [_Layer("conv2d", (("params", f"block{b}", f"conv{j}", "kernel"),
-                             ("params", f"block{b}", f"conv{j}", "bias")))
+  convs = [_biased_conv((f"block{b}", f"conv{j}"))
            for b, depth in enumerate(depths, start=1) for j in range(depth)]
   return convs + [_dense("fc6", "dense", _VGG_FC6_INPUT), _dense("fc7", "dense"),
                   _dense("head", "classifier")]
@@ -202,6 +221,50 @@ def _resnet50_layers() -> list[_Layer]:
   return layers + [_dense("head", "classifier")]
 
 
+def _efficientnet_b0_layers() -> list[_Layer]:
+  """normalization, stem, per unit expand, dwconv, se_reduce, se_expand, project; top_conv.
+
+  Units at expansion 1 have no expand conv. Each conv has a BatchNorm but the
+  squeeze-excitation's two, which have a bias instead. The squeeze-excitation
+  branch is longer than the path it gates and the residual shortcuts are
+  shorter than the units they skip: as in MobileNetV2, Keras's depth order is
+  the source order.
+  """
+  normalization = tuple((_NORMALIZATION, name) for name in _NORMALIZATION_SHAPES)
+  layers = [_Layer("normalization", normalization), *_conv_bn(("stem",))]
+  for i, (expansion, _, _, units, _) in enumerate(EFFICIENTNET_STAGES, start=1):
+    for unit in range(units):
+      path = (f"block{i}", f"unit{unit}")
+      if expansion != 1:
+        layers += _conv_bn((*path, "expand"))
+      layers += [*_conv_bn((*path, "depthwise"), depthwise=True),
+                 _biased_conv((*path, "se", "fc1")), _biased_conv((*path, "se", "fc2")),
+                 *_conv_bn((*path, "project"))]
+  return layers + [*_conv_bn(("conv_last",)), _dense("head", "classifier")]
+
+
+def _normalization_preprocess(normalization: dict) -> Preprocess:
+  """The input convention of Keras EfficientNet's `Rescaling(1/255)` and `Normalization`.
+
+  Keras computes `(x/255 - mean) / sqrt(variance)` with the file's mean and
+  variance. Its ImageNet file holds ImageNet's RGB mean, but its RGB standard
+  deviation as the variance (tensorflow/tensorflow#49930), so a model built
+  with `weights="imagenet"` divides by `sqrt(stddev)` once more, which gives
+  `(x/255 - mean) / stddev`, the convention the weights were trained with.
+  A file with this variance comes from such a model (the Normalization is not
+  trained when fine-tuning it): its convention is that; any other file's is its
+  own Normalization's. Conventions equal to torchvision's are returned as `TORCHVISION`.
+  """
+  mean = 255.0 * normalization["mean"].astype(np.float64)
+  std = 255.0 * np.sqrt(normalization["variance"].astype(np.float64))
+  if np.allclose(normalization["variance"], _KERAS_IMAGENET_STDDEV):
+    std = std * np.sqrt(_KERAS_IMAGENET_STDDEV)
+  if np.allclose(mean, TORCHVISION.mean, atol=1e-3) and np.allclose(std, TORCHVISION.std,
+                                                                     atol=1e-3):
+    return TORCHVISION
+  return Preprocess("keras_efficientnet", tuple(mean.tolist()), tuple(std.tolist()))
+
+
 def _fold_conv_biases(variables: dict) -> dict:
   """`variables` with each `_CONV_BIAS` subtracted from its BatchNorm's moving mean."""
   biases = traverse_util.flatten_dict(variables.pop(_CONV_BIAS, {}))
@@ -218,12 +281,13 @@ class _Arch:
   """How `keras.applications` builds an arch.
 
   `layers`: its weighted Keras layers in order; `top_size`: how many of them a
-  `notop` file lacks; `preprocess`: the input convention of its weights;
+  `notop` file lacks; `preprocess`: the input convention of its weights (None:
+  that of the file's `Normalization` layer, see `_normalization_preprocess`);
   `attributes`: the Flax model attributes that reproduce Keras's layers.
   """
   layers: Callable[[], list[_Layer]]
   top_size: int
-  preprocess: Preprocess
+  preprocess: Preprocess | None
   attributes: dict = dataclasses.field(default_factory=dict)
 
 
@@ -239,6 +303,10 @@ _ARCHS: dict[str, _Arch] = {
                           {"same_padding": True, "bn_epsilon": 1e-3}),
     # The paper's ResNet (v1); BatchNorm eps as DenseNet's.
     "resnet50": _Arch(_resnet50_layers, 1, KERAS_CAFFE, {"stride_in_1x1": True}),
+    # ZeroPadding2D(correct_pad) before 'valid' stride-2 convs is TensorFlow's
+    # 'SAME'; Keras's BatchNorm epsilon.
+    "efficientnet_b0": _Arch(_efficientnet_b0_layers, 1, None,
+                             {"same_padding": True, "bn_epsilon": 1e-3}),
 }
 # Variants with a new head on an arch's trunk: they take the trunk of a full or
 # a notop file, and everything but their `head`, which `pretrained.transplant`
@@ -307,8 +375,8 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
 
   Args:
     arch: "vgg16", "vgg19", "inception_v3", "densenet121", "mobilenet_v2",
-      "resnet50", or "vgg16_gap"/"vgg19_gap" (the conv blocks of a VGG file,
-      with or without its top).
+      "resnet50", "efficientnet_b0", or "vgg16_gap"/"vgg19_gap" (the conv
+      blocks of a VGG file, with or without its top).
     path: a legacy `.h5` (keras.applications' downloads, full or `notop`) or
       a Keras 3 `.weights.h5` file, of the architecture as `keras.applications`
       builds it.
@@ -316,12 +384,14 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
     file's classifier (1000 without one) and the attributes of Keras's layers
-    (MobileNetV2: `same_padding=True, bn_epsilon=1e-3`; ResNet50:
-    `stride_in_1x1=True`), its variables as float32 numpy arrays (without the
-    `head` when the file has no top, or for a `_gap` variant) and the input
-    convention of Keras's weights: `preprocess_input(mode="caffe")` for VGG
-    and ResNet50, `mode="tf"` ([-1, 1]) for InceptionV3 and MobileNetV2,
-    `mode="torch"` (torchvision's) for DenseNet.
+    (MobileNetV2, EfficientNet-B0: `same_padding=True, bn_epsilon=1e-3`;
+    ResNet50: `stride_in_1x1=True`), its variables as float32 numpy arrays
+    (without the `head` when the file has no top, or for a `_gap` variant) and
+    the input convention of Keras's weights: `preprocess_input(mode="caffe")`
+    for VGG and ResNet50, `mode="tf"` ([-1, 1]) for InceptionV3 and
+    MobileNetV2, `mode="torch"` (torchvision's) for DenseNet, and for
+    EfficientNet-B0 the one of its own input layers (`_normalization_preprocess`;
+    torchvision's for the ImageNet file).
 
   Raises:
     ConversionError: naming the file and every missing, unexpected or
@@ -356,8 +426,12 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   # A conv bias is checked as the BatchNorm mean it is folded into.
   expected.update((variable, expected[("batch_stats", *variable[1:])])
                   for variable in links if variable[0] == _CONV_BIAS)
+  expected.update((variable, jax.ShapeDtypeStruct(_NORMALIZATION_SHAPES[variable[1]], np.float32))
+                  for variable in links if variable[0] == _NORMALIZATION)
   variables = check_and_build(
       expected, links, arrays, source.path,
       target=f"Keras {base} with {num_classes} classes" + (" (its trunk)" if arch != base else ""),
       unused_ok=lambda key: arch != base and key in top)
-  return model, _fold_conv_biases(variables), spec.preprocess
+  normalization = variables.pop(_NORMALIZATION, None)
+  preprocess = spec.preprocess or _normalization_preprocess(normalization)
+  return model, _fold_conv_biases(variables), preprocess

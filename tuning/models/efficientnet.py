@@ -99,6 +99,11 @@ class Stage(nn.Module):
 class EfficientNet(nn.Module):
   """EfficientNet-B0 on NHWC inputs, as torchvision builds it.
 
+  Keras's `EfficientNetB0` is the same network with `same_padding=True` (its
+  stride-2 convs zero-pad by `correct_pad`, which is TensorFlow's 'SAME') and
+  `bn_epsilon=1e-3`; its input Rescaling and Normalization layers are a
+  `Preprocess` here (tuning/convert/keras.py).
+
   Attributes:
     num_classes: outputs of the fresh `head`.
     activation: of every conv but the projections (SiLU in B0).
