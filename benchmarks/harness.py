@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
 from benchmarks import common, sweep_cost
+from tuning import allocator
 from tuning import config as config_lib
 from tuning import depth, models, schedule, train
 
@@ -124,6 +125,7 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
 def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: dict
             ) -> list[dict]:
   """One framework's rows for one model, each stamped with the time and load it ran at."""
+  keeps_freed = allocator.keep_freed_memory()  # a fresh process: as `tuning train` runs
   chosen = common.schemes(type(models.create(arch, NUM_CLASSES)).block_names, schemes)
   if framework == "jax":
     produced = jax_rows(arch, chosen, **settings)
@@ -132,7 +134,7 @@ def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: 
     produced = torch_peer.rows(arch, chosen, num_classes=NUM_CLASSES, **settings)
   rows = []
   for row in produced:
-    row.update(loadavg_1m=os.getloadavg()[0],
+    row.update(loadavg_1m=os.getloadavg()[0], malloc_keeps_freed=keeps_freed,
                date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     print(f"{framework:>5} {arch} {row['scheme']}: {row['img_per_s']:.1f} img/s",
           file=sys.stderr, flush=True)
