@@ -9,7 +9,9 @@ Flax layer; it computes as torchvision's (symmetric padding, BatchNorm eps
 VGG holds torchvision's weights (`tv_in1k`) with fc6 and fc7 reshaped into
 convolutions (`pre_logits.fc1`, 7x7, and `pre_logits.fc2`, 1x1) and the last
 layer renamed `head.fc`: it converts with the torchvision links under these
-names, the two kernels flattened back.
+names, the two kernels flattened back. timm's InceptionV3 is torchvision's
+`Inception3` without `transform_input` under the same names, and converts as it
+(its `tv_in1k` weights are torchvision's, whose convention is [-1, 1]).
 
 timm's VGG and the Flax VGG agree on inputs of 32 to 255 pixels a side, which
 leave block5 at most 7x7: both then average-pool it to 7x7 (timm's `ConvMlp`
@@ -50,6 +52,7 @@ HUB_IDS = {
     "vgg16": "timm/vgg16.tv_in1k",
     "vgg19": "timm/vgg19.tv_in1k",
     "efficientnet_b0": "timm/efficientnet_b0.ra_in1k",
+    "inception_v3": "timm/inception_v3.tv_in1k",
 }
 # Every file is called `model.safetensors`: keep each in its own folder.
 URLS = {arch: f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
@@ -126,6 +129,7 @@ _ARCHS = {
     "vgg19": (functools.partial(_vgg_links, depths=VGG19), "head.fc"),
     "efficientnet_b0": (functools.partial(_builder_links, stages=EFFICIENTNET_STAGES),
                         "classifier"),
+    "inception_v3": torchvision._ARCHS["inception_v3"],
 }
 
 
@@ -141,19 +145,21 @@ def _as_linear(key: str, value: np.ndarray) -> np.ndarray:
 
 
 def _preprocess(path: Path, arch: str) -> Preprocess:
-  """The input convention in the timm `config.json` beside `path`, else ImageNet's.
+  """The input convention in the timm `config.json` beside `path`, else that of `URLS[arch]`.
 
-  ImageNet's mean and std are the convention of every `URLS` file.
+  Those take ImageNet's mean and std, but for InceptionV3's (`tv_in1k`,
+  torchvision's weights), which take [-1, 1] as `torchvision._PREPROCESS` records.
 
   Raises:
     ConversionError: if that config describes another timm model.
   """
+  default = torchvision._PREPROCESS.get(arch, TORCHVISION)
   config_path = path.with_name("config.json")
   if not config_path.is_file():
-    return TORCHVISION
+    return default
   config = json.loads(config_path.read_text())
   if "architecture" not in config:  # not a timm config
-    return TORCHVISION
+    return default
   timm_name = HUB_IDS[arch].split("/")[1].split(".")[0]  # e.g. timm/mobilenetv2_100.ra_in1k
   if config["architecture"] != timm_name:
     raise ConversionError(f"{config_path} describes timm {config['architecture']}, "

@@ -4,7 +4,8 @@ The Flax models mirror torchvision's modules one to one, so a checkpoint maps
 onto them by name: each conv kernel is moved from OIHW to HWIO (which also takes
 a depthwise (C, 1, k, k) kernel to (k, k, 1, C)), each linear weight is
 transposed, and BatchNorm weight/bias/running statistics become scale/bias and
-the `batch_stats` mean/var.
+the `batch_stats` mean/var. Where a Flax model also serves another framework's
+layout (InceptionV3: Keras's), `_ATTRIBUTES` sets it to compute as torchvision's.
 
 EfficientNet-Lite0 files in the layout of efficientnet-lite-pytorch (a PyTorch
 port of the TensorFlow Lite models) are PyTorch state dicts too, and convert here.
@@ -25,9 +26,10 @@ from tuning.download import download
 from tuning.convert.common import Link, check_and_build, expected_variables
 from tuning.convert.torch_pickle import load_state_dict
 from tuning.models.efficientnet import STAGES as EFFICIENTNET_STAGES
+from tuning.models.inception_v3 import BLOCKS as INCEPTION_V3_BLOCKS
 from tuning.models.mobilenet_v2 import STAGES
 from tuning.models.vgg import VGG16, VGG19
-from tuning.preprocess import TORCHVISION, Preprocess
+from tuning.preprocess import MINUS_ONE_TO_ONE, TORCHVISION, Preprocess
 
 URLS = {
     "alexnet": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -39,6 +41,7 @@ URLS = {
     "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
     "squeezenet1_1": "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
     "efficientnet_b0": "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
+    "inception_v3": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
 }
 
 _OIHW_TO_HWIO = (2, 3, 1, 0)
@@ -249,6 +252,24 @@ def _vgg_links(expected, classifier: str, depths: tuple[int, ...]) -> dict[tuple
   return links
 
 
+# torchvision Inception3's module of each Flax InceptionV3 module, in order.
+_INCEPTION_V3_MODULES = dict(zip(
+    (name for name, _ in INCEPTION_V3_BLOCKS),
+    ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"), strict=True))
+
+
+def _inception_v3_modules(path: tuple[str, ...]) -> tuple[str, str]:
+  """torchvision (conv, bn) prefixes of a `ConvNormAct` of the Flax InceptionV3.
+
+  Each is a `BasicConv2d` (`.conv`, `.bn`) under the Flax conv's name, directly
+  in `Inception3` for the stem's (`Conv2d_1a_3x3`, ...), else in its module.
+  """
+  block, name = path
+  prefix = name if block == "stem" else f"{_INCEPTION_V3_MODULES[block]}.{name}"
+  return f"{prefix}.conv", f"{prefix}.bn"
+
+
 # arch -> (links(expected variables, classifier) of the Flax variables to torch keys,
 # the torch prefix of the classifier, whose weight shape gives the number of classes).
 _ARCHS: dict[str, tuple[Callable[[dict, str], dict[tuple[str, ...], Link]], str]] = {
@@ -263,12 +284,24 @@ _ARCHS: dict[str, tuple[Callable[[dict, str], dict[tuple[str, ...], Link]], str]
     "efficientnet_b0": (_efficientnet_links, "classifier.1"),
     "efficientnet_lite0": (functools.partial(_conv_bn_links, modules=_efficientnet_lite_modules),
                            "_fc"),
+    "inception_v3": (functools.partial(_conv_bn_links, modules=_inception_v3_modules), "fc"),
 }
 
 # The EfficientNet-Lite models were trained in TensorFlow on (pixels - 127) / 128.
 EFFICIENTNET_LITE = Preprocess("efficientnet_lite", mean=(127.0,) * 3, std=(128.0,) * 3)
 # The input convention of each arch whose weights were not trained on torchvision's.
-_PREPROCESS = {"efficientnet_lite0": EFFICIENTNET_LITE}
+# torchvision's InceptionV3 weights are TensorFlow's, trained on [-1, 1]: its
+# `transform_input=True` turns ImageNet-normalised input, (x/255 - mean) / std, back
+# into x/255 * 2 - 1 before the first conv, so the model takes [-1, 1] directly.
+_PREPROCESS = {"efficientnet_lite0": EFFICIENTNET_LITE, "inception_v3": MINUS_ONE_TO_ONE}
+# The Flax attributes, other than `models.create`'s defaults, that compute as the
+# PyTorch modules of an arch (torchvision's and timm's InceptionV3: a BatchNorm
+# scale, average pools that count their padding).
+_ATTRIBUTES = {"inception_v3": {"bn_scale": True, "pool_count_pad": True}}
+# Prefixes of the modules that act in training only, whose keys are read and
+# dropped: InceptionV3's auxiliary classifier, on mixed7's output, adds its loss
+# during ImageNet training and is not part of the eval-mode network.
+_TRAINING_ONLY = {"inception_v3": ("AuxLogits.",)}
 
 # Variants with a new head on an arch's trunk: a checkpoint converts as that arch,
 # checking every key, and gives the variant every block but the `head`, which
@@ -295,10 +328,14 @@ def from_torchvision(
 
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
-    checkpoint's classifier, `{"params"}` (and `"batch_stats"` if it has
-    BatchNorm) as float32 numpy arrays, and the input convention of the
-    weights (torchvision's, or `_PREPROCESS[arch]`). A `_NEW_HEAD_VARIANTS`
-    model gets every block but its `head`.
+    checkpoint's classifier and the attributes of torchvision's layers
+    (`_ATTRIBUTES[arch]`; InceptionV3: `bn_scale=True, pool_count_pad=True`),
+    `{"params"}` (and `"batch_stats"` if it has BatchNorm) as float32 numpy
+    arrays, and the input convention of the weights (torchvision's, or
+    `_PREPROCESS[arch]`: [-1, 1] for InceptionV3, what its `transform_input`
+    feeds the first conv). A `_NEW_HEAD_VARIANTS` model gets every block but
+    its `head`. InceptionV3's auxiliary classifier (`AuxLogits.*`), which acts
+    in training only, is accepted and dropped.
 
   Raises:
     ConversionError: listing every missing, unexpected or mis-shaped key.
@@ -329,7 +366,8 @@ def build(arch: str, state: Mapping[str, np.ndarray], name: str,
 
   Shared by the converters of PyTorch model zoos (torchvision, timm), which differ
   only in their `links`. The model gets as many classes as the `classifier`
-  weight has rows; BatchNorm step counters may stay unused.
+  weight has rows and the attributes `_ATTRIBUTES[arch]`; BatchNorm step
+  counters and the modules `_TRAINING_ONLY[arch]` may stay unused.
 
   Raises:
     ConversionError: naming `name` and the `source` model, listing every
@@ -338,12 +376,13 @@ def build(arch: str, state: Mapping[str, np.ndarray], name: str,
   weight = state.get(f"{classifier}.weight")
   # A linear layer, or SqueezeNet's 1x1 conv (classes, C, 1, 1).
   num_classes = weight.shape[0] if weight is not None and weight.ndim in (2, 4) else 1000
-  model = models.create(arch, num_classes)
+  model = models.create(arch, num_classes, **_ATTRIBUTES.get(arch, {}))
   expected = expected_variables(model)
   variables = check_and_build(
       expected, links(expected, classifier), state, name,
       target=f"{source} {arch} with {num_classes} classes",
-      unused_ok=lambda key: key.endswith(".num_batches_tracked"))
+      unused_ok=lambda key: (key.endswith(".num_batches_tracked")
+                             or key.startswith(_TRAINING_ONLY.get(arch, ()))))
   return model, variables
 
 

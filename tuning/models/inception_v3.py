@@ -9,6 +9,15 @@ padding out of the count. The architecture is data (`STEM`, `BLOCKS`), so the
 Keras converter derives the order of Keras's layers from the same description.
 Convs are named as in torchvision's InceptionV3 (`branch5x5_1`, ...), whose
 modules are the same, with the same concatenation order.
+
+torchvision's (and timm's) `Inception3` computes in eval mode as this model with
+`bn_scale=True` (its BasicConv2d's BatchNorm, also eps 1e-3, has a scale) and
+`pool_count_pad=True` (its `F.avg_pool2d(x, 3, 1, padding=1)` counts the zero
+padding, which matters at the map's border). Its explicit paddings are
+TensorFlow's 'same' for every stride-1 conv (all odd kernels) and none for
+every stride-2 conv and max-pool, as here. Its `transform_input` is the input
+convention of its weights (tuning/convert/torchvision.py), and its auxiliary
+classifier and dropout act in training only.
 """
 from __future__ import annotations
 
@@ -125,20 +134,21 @@ BLOCKS = (
 )
 
 
-def _conv_bn(conv: Conv) -> ConvNormAct:
+def _conv_bn(conv: Conv, bn_scale: bool) -> ConvNormAct:
   return ConvNormAct(conv.features, conv.kernel, conv.strides, same_padding=True,
-                     valid_padding=conv.valid, bn_epsilon=BN_EPSILON, bn_scale=False,
+                     valid_padding=conv.valid, bn_epsilon=BN_EPSILON, bn_scale=bn_scale,
                      name=conv.name)
 
 
 class Stem(nn.Module):
   """The convs and max-pools before mixed0: 299 px -> 35x35x192."""
+  bn_scale: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for group in STEM:
       for conv in group:
-        x = _conv_bn(conv)(x, train)
+        x = _conv_bn(conv, self.bn_scale)(x, train)
       x = nn.max_pool(x, (3, 3), (2, 2))
     return x
 
@@ -146,20 +156,23 @@ class Stem(nn.Module):
 class Mixed(nn.Module):
   """An Inception module: its `branches` side by side, concatenated in order on channels."""
   branches: tuple[Branch, ...]
+  bn_scale: bool = False
+  pool_count_pad: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv_bn = lambda conv: _conv_bn(conv, self.bn_scale)
     outputs = []
     for branch in self.branches:
       h = x
       if branch.pool == "avg":
-        h = nn.avg_pool(h, (3, 3), padding="SAME", count_include_pad=False)
+        h = nn.avg_pool(h, (3, 3), padding="SAME", count_include_pad=self.pool_count_pad)
       elif branch.pool == "max":
         h = nn.max_pool(h, (3, 3), (2, 2))
       for conv in branch.convs:
-        h = _conv_bn(conv)(h, train)
+        h = conv_bn(conv)(h, train)
       if branch.split:
-        h = jnp.concatenate([_conv_bn(conv)(h, train) for conv in branch.split], axis=-1)
+        h = jnp.concatenate([conv_bn(conv)(h, train) for conv in branch.split], axis=-1)
       outputs.append(h)
     return jnp.concatenate(outputs, axis=-1)
 
@@ -167,12 +180,20 @@ class Mixed(nn.Module):
 class InceptionV3(nn.Module):
   """InceptionV3 on NHWC inputs of at least 75 pixels (299 for ImageNet weights).
 
-  Keras puts no dropout before its classifier, and neither does the `head`.
+  Keras puts no dropout before its classifier, and neither does the `head`
+  (torchvision's dropout 0.5 there acts in training only, before a classifier
+  that transfer replaces).
 
   Attributes:
     num_classes: outputs of the fresh `head`.
+    bn_scale: BatchNorms with a scale (gamma): torchvision's and timm's weights.
+    pool_count_pad: the modules' 3x3 average pools divide by 9 at the border
+      too, counting the zero padding (torchvision, timm), rather than by the
+      pixels they cover (Keras).
   """
   num_classes: int
+  bn_scale: bool = False
+  pool_count_pad: bool = False
 
   block_names: ClassVar[tuple[str, ...]] = ("stem", *(name for name, _ in BLOCKS), "head")
   # Keras's minimum: smaller inputs leave mixed2's output too small for mixed3's
@@ -183,8 +204,9 @@ class InceptionV3(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False, trainable_from: int = 0,
                start: int = 0, stop: int | None = None) -> jax.Array:
     check_image_size(self, x, start)
-    blocks = [("stem", Stem(name="stem"))]
-    blocks += [(name, Mixed(branches, name=name)) for name, branches in BLOCKS]
+    blocks = [("stem", Stem(self.bn_scale, name="stem"))]
+    blocks += [(name, Mixed(branches, self.bn_scale, self.pool_count_pad, name=name))
+               for name, branches in BLOCKS]
     blocks.append(("head", ClassifierHead(self.num_classes, name="head")))
     return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
                       start=start, stop=stop)
