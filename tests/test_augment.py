@@ -157,3 +157,11 @@ def test_validate_accepts_the_new_forms():
   config_lib.validate(_config(dataset="folder:/data/x", augment="crop,hflip", augment_copies=2,
                               load_size=96, split_fractions=(8, 1, 1), balance=True))
   config_lib.validate(_config(dataset="tfds:patch_camelyon"))
+
+
+def test_pregenerate_keeps_each_copy_s_label_vector():
+  """Multi-label rows are repeated whole, not flattened into single labels."""
+  labels = np.array([[1, 0, 1], [0, 1, 0]], np.uint8)
+  split = medmnist.Split(images=_images(2), labels=labels)
+  out = augment.pregenerate(split, augment.Augment(("hflip",)), k=3, seed=0)
+  np.testing.assert_array_equal(out.labels, labels[[0, 0, 0, 1, 1, 1]])

@@ -118,7 +118,7 @@ def pregenerate(split: Split, augment: Augment, *, k: int, seed: int) -> Split:
     images = split.images[rows]
     for copy in range(k):
       out[rows, copy] = augment.random_map(images, np.random.default_rng((seed, start, copy)))
-  return Split(images=out.reshape(n * k, *out.shape[2:]), labels=np.repeat(split.labels, k))
+  return Split(images=out.reshape(n * k, *out.shape[2:]), labels=np.repeat(split.labels, k, axis=0))
 
 
 def on_the_fly(config: ml_collections.ConfigDict) -> bool:
