@@ -71,8 +71,15 @@ def test_load_synthetic_rgb(tmp_path):
      ["'val_images'", "(6, 28)"]),
     (lambda a: a.update(train_labels=a["train_labels"].astype(np.float32)),
      ["'train_labels'", "integers"]),
-    (lambda a: a.update(train_labels=np.zeros((6, 3), np.uint8)),
-     ["'train_labels'", "multi-label"]),
+    (lambda a: a.update(train_labels=np.full((6, 3), 2, np.uint8)),
+     ["'train_labels'", "multi-label", "expected 0/1"]),
+    (lambda a: a.update(train_labels=np.zeros((6, 3), np.uint8)),  # the others are (6, 1)
+     ["'val_labels'", "(6, 1)", "'train_labels'", "(6, 3)", "same kind"]),
+    (lambda a: a.update(**{f"{s}_labels": np.zeros((6, 3 if s == "test" else 4), np.uint8)
+                           for s in medmnist.SPLITS}),
+     ["'test_labels'", "(6, 3)", "(6, 4)"]),
+    (lambda a: a.update(val_labels=np.zeros((6, 1, 1), np.uint8)),
+     ["'val_labels'", "(6, 1, 1)", "(N, L) 0/1 multi-label"]),
     (lambda a: a.update(val_labels=a["val_labels"][:5]),
      ["'val_labels'", "5 labels", "6 images"]),
     (lambda a: a.update(test_labels=np.full((6, 1), -1, np.int64)),
@@ -89,6 +96,20 @@ def test_invalid_contents_name_file_and_key(tmp_path, change, fragments):
     medmnist.load("toy", tmp_path, download=False)
   for fragment in [str(path), *fragments]:
     assert fragment in str(info.value)
+
+
+def test_load_multi_label_file(tmp_path):
+  """ChestMNIST's layout: (N, 14) 0/1 findings per image."""
+  arrays = _arrays()
+  for split in medmnist.SPLITS:
+    arrays[f"{split}_labels"] = (np.arange(6 * 14).reshape(6, 14) % 3 == 0).astype(np.uint8)
+  ds = medmnist.load("toy", _write(tmp_path, **arrays).parent, download=False)
+  assert ds.num_classes == 14  # the model's outputs: one per label
+  for split in (ds.train, ds.val, ds.test):
+    assert split.multi_label
+    assert split.labels.shape == (6, 14) and split.labels.dtype == np.int32
+    np.testing.assert_array_equal(split.labels, arrays["train_labels"])
+  assert not medmnist.load("toy", _write(tmp_path, **_arrays()).parent, download=False).train.multi_label
 
 
 def test_truncated_file(tmp_path, shared_data_dir):
@@ -225,3 +246,41 @@ def test_subsample_full_fraction_is_identity():
 def test_subsample_rejects_fraction_out_of_range(fraction):
   with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
     medmnist.subsample(_toy_split(), fraction, seed=0)
+
+
+def _multi_label_split() -> medmnist.Split:
+  """60 images, 3 labels with 30, 12 and 4 positives, co-occurring; 28 images have none.
+
+  Pixel (0, 0, 0) holds the example id.
+  """
+  labels = np.zeros((60, 3), np.int32)
+  labels[:30, 0] = 1
+  labels[20:32, 1] = 1  # 10 of them also label 0
+  labels[28:32, 2] = 1  # all also labels 0 or 1
+  images = np.zeros((60, 1, 1, 3), np.uint8)
+  images[:, 0, 0, 0] = np.arange(60)
+  return medmnist.Split(images=images, labels=labels)
+
+
+def test_multi_label_strata_are_each_images_rarest_positive_label():
+  strata = medmnist.strata(_multi_label_split().labels)
+  want = np.r_[np.zeros(20), np.ones(8), np.full(4, 2), np.full(28, 3)]  # 3: no positive label
+  np.testing.assert_array_equal(strata, want)
+  labels = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]])  # counts tie (2 each): the first one
+  np.testing.assert_array_equal(medmnist.strata(labels), [0, 1, 0])
+
+
+@hypothesis.settings(deadline=None, max_examples=50)
+@hypothesis.given(
+    fractions=st.lists(st.floats(0.001, 1.0), min_size=2, max_size=2),
+    seed=st.integers(0, 2**32 - 1))
+def test_multi_label_subsample_is_stratified_nested_and_keeps_every_label(fractions, seed):
+  small, large = sorted(fractions)
+  split = _multi_label_split()
+  sub = medmnist.subsample(split, small, seed)
+  kept = medmnist.strata(split.labels)[sorted(_ids(sub))]
+  for c, n in enumerate([20, 8, 4, 28]):
+    assert np.count_nonzero(kept == c) == max(1, round(small * n))
+  assert sub.multi_label and (sub.labels.sum(axis=0) > 0).all()  # even the rarest label
+  np.testing.assert_array_equal(sub.labels, split.labels[sorted(_ids(sub))])
+  assert _ids(sub) <= _ids(medmnist.subsample(split, large, seed))

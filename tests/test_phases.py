@@ -1,10 +1,12 @@
 """Phased runs: plans as data, the `auto` stopping rule, and resuming across a phase boundary."""
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tuning import config as config_lib
-from tuning import depth, models, phases, stats, train
+from tuning import depth, models, phases, schedule, stats, train
 
 BLOCKS = type(models.create("mobilenet_v2", 1)).block_names  # stem .. conv_last, head
 HEAD = len(BLOCKS) - 1
@@ -38,6 +40,27 @@ def test_gradual_unfreezes_top_down_with_rates_from_lr_over_spread_to_the_head()
     chex.assert_trees_all_close(phase.layer_decay ** (HEAD - phase.trainable_from), 0.01)
   with pytest.raises(ValueError, match="need config.epochs >= 4, got 3"):
     phases.plan(config(epochs=3, gradual_step=4), "gradual", BLOCKS)
+
+
+def test_gradual_shapes_each_unfreezing_phase_by_its_curve_and_the_optimizer_follows_it():
+  plan = phases.plan(config(epochs=6, gradual_step=4, gradual_warmup_epochs=0.5,
+                            gradual_decay="cosine"), "gradual", BLOCKS)
+  assert plan[0].curve == schedule.Curve()  # the head alone: the run's default
+  assert [p.curve for p in plan[1:]] == [schedule.Curve(0.5, "cosine")] * 3
+  # The phase's optimizer warms up: over 2 steps of an epoch of 4, the first at rate 0.
+  params = {b: {"conv": {"kernel": jnp.ones(2)}} for b in BLOCKS}
+  _, tx = train.make_optimizer(config(momentum=0.0), plan[1].scheme, params, BLOCKS,
+                               steps_per_epoch=4, layer_decay=plan[1].layer_decay,
+                               epochs=plan[1].epochs, curve=plan[1].curve)
+  grads, state, head = jax.tree.map(jnp.ones_like, params), tx.init(params), []
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    head.append(-float(updates["head"]["conv"]["kernel"][0]))
+  peak = config().lr * config().head_lr_mult
+  np.testing.assert_allclose(head, [0.0, peak / 2, peak], rtol=1e-6)
+  with pytest.raises(ValueError, match=r"phase 1 runs 1 epoch\(s\), but its schedule warms up "
+                                       r"for 1; a warmup must end within its phase"):
+    phases.plan(config(epochs=6, gradual_step=4, gradual_warmup_epochs=1.0), "gradual", BLOCKS)
 
 
 def test_explicit_phases_take_schemes_or_block_indices_and_must_only_unfreeze():

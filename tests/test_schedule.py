@@ -1,6 +1,8 @@
 """Per-parameter learning rates: strict regex rules, LLRD, bias multipliers, weight decay."""
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuning import config as config_lib
-from tuning import depth, schedule, train
+from tuning import depth, models, schedule, train
 
 BLOCKS = ("stem", "layer1", "layer2", "head")
 PARAMS = {b: {"conv": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full(3, 2.0)}} for b in BLOCKS}
@@ -138,3 +140,135 @@ def test_train_builds_each_schemes_optimizer_from_the_config(scheme):
   grads = jax.tree.map(jnp.ones_like, PARAMS)
   updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
   assert float(updates["layer2"]["conv"]["kernel"][0, 0]) == pytest.approx(-lr * decay)
+
+
+def _rates(tx, params, steps: int) -> list[dict]:
+  """Each step's rate per block: plain SGD (momentum 0) on gradients of 1 updates by -rate."""
+  grads, state, rates = jax.tree.map(jnp.ones_like, params), tx.init(params), []
+  for _ in range(steps):
+    updates, state = tx.update(grads, state, params)
+    rates.append({b: -float(updates[b]["conv"]["kernel"][0, 0]) for b in params})
+  return rates
+
+
+def test_a_warmup_rule_ramps_linearly_from_zero_then_decays_per_epoch_from_the_peak():
+  rules = ((r"layer2/.*", {"mult": 2, "warmup_epochs": 0.5}),
+           (r"head/.*", {"decay": "constant", "warmup_epochs": 1}), (r"(stem|layer1)/.*", 1.0))
+  mults = schedule.multipliers(PARAMS, BLOCKS, trainable_from=1, rules=rules)
+  tx = schedule.make_optimizer(mults, curves=schedule.curves(PARAMS, rules), learning_rate=0.1,
+                               momentum=0.0, steps_per_epoch=4, decay_per_epoch=0.5, epochs=3)
+  rates = _rates(tx, PARAMS, 12)
+  # layer2: peak 0.2 after 2 steps (half an epoch), then x0.5 every 4 steps from the peak.
+  want = [0, 0.1, 0.2, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05]
+  np.testing.assert_allclose([r["layer2"] for r in rates], want, rtol=1e-6)
+  np.testing.assert_allclose([r["head"] for r in rates],
+                             [0, 0.025, 0.05, 0.075] + [0.1] * 8, rtol=1e-6)
+  # A plain multiplier keeps the default: no warmup, x0.5 per epoch.
+  np.testing.assert_allclose([r["layer1"] for r in rates], [0.1] * 4 + [0.05] * 4 + [0.025] * 4,
+                             rtol=1e-6)
+  assert [r["stem"] for r in rates] == [0.0] * 12  # below the boundary
+
+
+def test_cosine_anneals_from_the_peak_to_its_end_value_at_the_phase_end_and_holds_it():
+  rules = ((r"head/.*", {"mult": 10, "warmup_epochs": 1, "decay": "cosine", "end": 0.1}),
+           (r"(stem|layer1|layer2)/.*", None))
+  mults = schedule.multipliers(PARAMS, BLOCKS, trainable_from=0, rules=rules)
+  tx = schedule.make_optimizer(mults, curves=schedule.curves(PARAMS, rules), learning_rate=0.1,
+                               momentum=0.0, steps_per_epoch=2, decay_per_epoch=0.5, epochs=3)
+  peak, end = 1.0, 0.1
+  cosine = [end + (1 - end) * 0.5 * (1 + np.cos(np.pi * t / 4)) for t in range(5)]
+  want = [0.0, 0.5 * peak] + [peak * c for c in cosine] + [peak * end] * 2
+  rates = _rates(tx, PARAMS, 9)
+  np.testing.assert_allclose([r["head"] for r in rates], want, rtol=1e-6, atol=1e-7)
+  assert rates[6]["head"] == pytest.approx(end * peak)  # the phase's 6 steps done
+  assert {r[b] for r in rates for b in ("stem", "layer1", "layer2")} == {0.0}
+
+
+def test_rules_with_their_own_curves_never_move_frozen_params_even_with_weight_decay():
+  rules = ((r"stem/.*", None), (r"layer1/.*", {"warmup_epochs": 1, "decay": "cosine"}),
+           (r"layer2/.*", {"mult": 3, "decay": "constant"}), (r"head/.*", 1.0))
+  mults = schedule.multipliers(PARAMS, BLOCKS, trainable_from=0, rules=rules)
+  tx = schedule.make_optimizer(mults, curves=schedule.curves(PARAMS, rules), learning_rate=0.1,
+                               momentum=0.9, steps_per_epoch=2, decay_per_epoch=0.9, epochs=4,
+                               weight_decay=0.5)
+  params, state = PARAMS, tx.init(PARAMS)
+  for i in range(6):
+    grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(i), p.shape), params)
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  chex.assert_trees_all_equal(params["stem"], PARAMS["stem"])
+  for block in ("layer1", "layer2", "head"):
+    assert not np.array_equal(params[block]["conv"]["kernel"], PARAMS[block]["conv"]["kernel"])
+  moments = [x for x in jax.tree.leaves(state) if np.ndim(x) > 0]
+  assert sum(x.size for x in moments) == schedule.count_trainable(PARAMS, mults) == 27
+
+
+@pytest.mark.parametrize("rule, message", [
+    ((r"head/.*", {"warmup": 1}),
+     "rule 'head/.*': unknown key 'warmup'; allowed: mult, warmup_epochs, decay, end"),
+    ((r"head/.*", {"decay": "linear"}),
+     "rule 'head/.*': decay = 'linear'; expected one of exponential, cosine, constant"),
+    ((r"head/.*", {"mult": 0}), "rule 'head/.*': mult = 0; expected a number > 0 (None freezes)"),
+    ((r"head/.*", 0.0), "rule 'head/.*': mult = 0.0; expected a number > 0 (None freezes)"),
+    ((r"head/.*", {"warmup_epochs": -1}),
+     "rule 'head/.*': warmup_epochs = -1; expected a number of epochs >= 0"),
+    ((r"head/.*", {"decay": "cosine", "end": 2}),
+     "rule 'head/.*': end = 2; expected a fraction of the peak rate in [0, 1]"),
+    ((r"head/.*", {"end": 0.1}), "rule 'head/.*': end = 0.1 needs decay 'cosine' in the same rule"),
+    ((r"head/.*", "cosine"), "rule 'head/.*': 'cosine'; expected None (frozen), a multiplier > 0 "
+                             "or a dict with keys mult, warmup_epochs, decay, end"),
+    ((r"head[", 1.0), "rule 'head[' is not a valid regex"),
+    (("head/.*",), "rule ('head/.*',): expected a (regex, None | multiplier | dict) pair"),
+])
+def test_bad_rules_are_config_errors_naming_the_rule_the_key_and_what_is_allowed(rule, message):
+  config = config_lib.defaults()
+  config.schedule = (rule, (r".*", 1.0))
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(config)
+  assert f"config.schedule {message}" in str(e.value)
+
+
+def test_a_warmup_must_end_within_every_phase_it_shapes():
+  config = config_lib.defaults()
+  config.update(scheme="lpft", epochs=4, lpft_probe_epochs=1,
+                schedule=((r"head/.*", {"warmup_epochs": 1}), (r".*", 1.0)))
+  with pytest.raises(ValueError, match=r"config.scheme: phase 0 runs 1 epoch\(s\), but schedule "
+                                       r"rule 'head/.*' warms up for 1; a warmup must end within"):
+    config_lib.validate(config)
+  config.lpft_probe_epochs = 2
+  config_lib.validate(config)
+
+
+def test_the_real_train_step_honours_a_per_rule_schedule():
+  """The head warms up over an epoch of 2 steps, so its first step's rate is 0, while
+  block5/unit1 trains from the first step and a rule freezes block5/unit0. The model
+  exists from block5 up (the step starts on what enters it, as with cached features),
+  which keeps it small."""
+  model = models.create("mobilenet_v1_0.25", 2)
+  blocks = type(model).block_names
+  start = blocks.index("block5")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  features = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((4, 32, 32, 3)), stop=start),
+                            shapes)
+  variables = jax.jit(lambda r: model.init(r, jnp.zeros(features.shape), start=start))(
+      jax.random.key(0, impl="unsafe_rbg"))
+  config = config_lib.defaults()
+  config.schedule = ((r"head/.*", {"warmup_epochs": 1, "decay": "constant"}),
+                     (r"block5/unit1/.*", 1.0), (r"block5/unit0/.*", None))
+  scheme = depth.parse_scheme("from:block5", blocks)
+  _, tx = train.make_optimizer(config, scheme, variables["params"], blocks, steps_per_epoch=2,
+                               epochs=3)
+  step = jax.jit(train.make_train_step(model, tx, start, jax.random.key(1), start=start))
+  rng = np.random.default_rng(0)
+  batch = lambda: {"image": jnp.asarray(rng.normal(size=features.shape), jnp.float32),
+                   "label": jnp.asarray([0, 1, 0, 1], jnp.int32)}
+  before = jax.tree.map(np.asarray, variables["params"])
+  changed = lambda params, *path: [not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(functools.reduce(dict.get, path, params)),
+      jax.tree.leaves(functools.reduce(dict.get, path, before)))]
+  state, _ = step(train.create_train_state(variables, tx), batch())
+  assert changed(state["params"], "head") == [False, False]
+  assert all(changed(state["params"], "block5", "unit1"))
+  state, _ = step(state, batch())
+  assert changed(state["params"], "head") == [True, True]
+  chex.assert_trees_all_equal(state["params"]["block5"]["unit0"], before["block5"]["unit0"])

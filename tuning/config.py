@@ -11,18 +11,27 @@ import difflib
 import jax
 import ml_collections
 
-from tuning import augment, bn_policy, datasets, depth, models, phases
+from tuning import augment, bn_policy, datasets, depth, models, phases, schedule
 
 
 def defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # NAME: a MedMNIST 2D file NAME.npz in the data dir; folder:PATH: images in class
-  # folders; tfds:NAME: a tfds builder prepared as array_record (tuning/datasets/)
+  # folders; tfds:NAME: a tfds builder prepared as array_record; detection:PATH.npz,
+  # segmentation:PATH.npz: your images with lesions or boundaries (tuning/datasets/)
   c.dataset = "pneumoniamnist"
   c.data_dir = ""  # "" -> $TUNING_DATA_DIR, then ~/.cache/tuning/data (tfds: its own default)
   c.load_size = 0  # folder/tfds images resized to this square on load; 0 = as stored
   c.split_fractions = (0.7, 0.1, 0.2)  # train/val/test shares for splits a source lacks
   c.split_seed = 0  # fixed across runs, so every run is tested on the same images
+  # detection:/segmentation: (tuning/datasets/detection.py, segmentation.py): the side of
+  # the stored patches; segmentation windows in image pixels, detection crops resized to it
+  c.patch_size = 32
+  c.detection_scales = (1.0, 1.2, 1.5)  # candidate box x each, about its center (Tajbakhsh 2016)
+  c.detection_shifts = (-0.1, 0.0, 0.1)  # box moved by each pair, fractions of its height/width
+  c.detection_flips = True  # each crop in the 8 orientations of the square
+  c.froc_fp_rates = (1.0,)  # FROC operating points, false positives per image: sensitivity there
+  c.boundary_smooth = 1  # segmentation: odd median-filter width over each traced boundary; 1 = raw
   c.arch = "mobilenet_v2"
   c.weights = "mobilenet_v2-b0353104.pth"  # path or file name in the weights dir; "" = none
   c.weights_dir = ""  # "" -> $TUNING_WEIGHTS_DIR, then ~/.cache/tuning/weights
@@ -50,8 +59,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0  # decoupled, kernels only, never on frozen parameters
   c.layer_decay = 0.75  # scheme `llrd`: block b of H below the head learns at lr * decay**(H - b)
   c.l2sp_strength = 0.01  # scheme `l2sp`: strength / 2 * ||w - w_pretrained||^2
-  # ((regex, multiplier or None), ...) over names like "block4/unit0/expand/conv/kernel";
-  # every parameter must match exactly one rule; None freezes. () = no rules.
+  # ((regex, value), ...) over names like "block4/unit0/expand/conv/kernel"; every parameter
+  # must match exactly one rule. value: None (frozen), a multiplier, or a dict of `mult`,
+  # `warmup_epochs`, `decay` (exponential, cosine, constant) and cosine's `end` (fraction of
+  # the peak), each phase's rates shaped by it (tuning/schedule.py). () = no rules.
   c.schedule = ()
   # BatchNorm of the trained blocks (tuning/bn_policy.py): train_all, frozen_stats,
   # train_stats_frozen_affine or reestimate; frozen blocks' BatchNorm never trains.
@@ -63,6 +74,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.gradual_step = 1  # scheme `gradual`: blocks unfrozen per phase, from the top down
   c.gradual_epochs = 1  # scheme `gradual`: epochs per phase; the last takes the rest
   c.gradual_spread = 100.0  # scheme `gradual`: lowest trained block at lr / spread (fastai)
+  # scheme `gradual`: the rates' course in each phase that unfreezes blocks (schedule.Curve)
+  c.gradual_warmup_epochs = 0.0
+  c.gradual_decay = "exponential"
   c.auto_step = 1  # schemes `auto*`: blocks between the candidate depths, head down
   c.auto_min_gain = 0.0  # scheme `auto`: deeper only if val AUC gains more than this
   c.auto_alpha = 1.0  # scheme `auto`: < 1: and if DeLong's p < this (binary tasks)
@@ -72,6 +86,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.cache_features = True
   c.progress = True  # progress bars
   return c
+
+
+def _number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 _CHECKS = {
@@ -104,20 +122,27 @@ _CHECKS = {
     "gradual_step": (lambda v: v >= 1, ">= 1"),
     "gradual_epochs": (lambda v: v >= 1, ">= 1"),
     "gradual_spread": (lambda v: v >= 1, ">= 1"),
+    "gradual_warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "gradual_decay": (lambda v: v in schedule.DECAYS, f"one of {', '.join(schedule.DECAYS)}"),
     "auto_step": (lambda v: v >= 1, ">= 1"),
     "auto_min_gain": (lambda v: v >= 0, ">= 0"),
     "auto_alpha": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "auto_budget": (lambda v: v >= 1, ">= 1"),
+    "patch_size": (lambda v: v >= 1, ">= 1"),
+    "detection_scales": (lambda v: len(v) > 0 and all(_number(x) and x > 0 for x in v),
+                         "a non-empty tuple of positive scale factors"),
+    "detection_shifts": (lambda v: len(v) > 0 and all(_number(x) and -1 < x < 1 for x in v),
+                         "a non-empty tuple of fractions of the box in (-1, 1)"),
+    "froc_fp_rates": (lambda v: len(v) > 0 and all(_number(x) and x >= 0 for x in v),
+                      "a non-empty tuple of false-positive rates per image >= 0"),
+    "boundary_smooth": (lambda v: v >= 1 and v % 2 == 1, "an odd number of columns >= 1"),
     "bn_policy": (lambda v: v in bn_policy.POLICIES, f"one of {', '.join(bn_policy.POLICIES)}"),
-    "schedule": (lambda v: all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str)
-                               and (r[1] is None or isinstance(r[1], (int, float))) for r in v),
-                 "a tuple of (regex, multiplier or None) pairs"),
 }
 
 
 # What a run's plan of phases reads (tuning/phases.py), checked only when each is valid.
 _PLAN_KEYS = {"phases", "epochs", "lpft_probe_epochs", "gradual_step", "gradual_epochs",
-              "gradual_spread", "auto_step"}
+              "gradual_spread", "gradual_warmup_epochs", "gradual_decay", "auto_step", "schedule"}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -139,6 +164,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     elif key in _CHECKS and not _CHECKS[key][0](value):
       problems.append(f"config.{key} = {value!r}: expected {_CHECKS[key][1]}")
       bad.add(key)
+  if "schedule" not in bad:
+    try:
+      schedule.parse_rules(config.schedule)
+    except ValueError as e:  # its message starts "schedule rule ..."
+      problems.append(f"config.{e}")
+      bad.add("schedule")
   if "arch" not in bad and config.arch not in models.ARCHITECTURES:
     problems.append(f"config.arch = {config.arch!r}: expected one of {sorted(models.ARCHITECTURES)}")
   elif "arch" not in bad:

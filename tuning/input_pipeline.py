@@ -54,7 +54,7 @@ def train_batches(
     start_epoch: int = 0,
     augment: grain.transforms.RandomMap | None = None,
 ) -> grain.IterDataset:
-  """Shuffled `{"image": f32 (B, S, S, 3), "label": i32 (B,)}` batches.
+  """Shuffled `{"image": f32 (B, S, S, 3), "label": i32 (B,) or multi-label (B, L)}` batches.
 
   Each epoch is a fresh permutation derived from `seed` and drops its last
   partial batch, so every step sees a full batch and epochs never mix.

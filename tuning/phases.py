@@ -12,7 +12,11 @@ run's rates. Every run is a plan of phases; the ordinary schemes are one phase o
   the top down until every block trains, the last phase taking the remaining
   epochs. Rates are discriminative, like fastai's `slice(lr / lr_mult, lr)`:
   geometric from lr / `config.gradual_spread` at the lowest trained block up to
-  the head (schedule.py's layer decay, set per phase to span that range);
+  the head (schedule.py's layer decay, set per phase to span that range). Each
+  unfreezing phase shapes them by `config.gradual_warmup_epochs` and
+  `config.gradual_decay` (fastai's `fit_one_cycle`: a warmup, then cosine); by
+  default no warmup and the run's per-epoch decay: fastai's course did not stop
+  `gradual`'s collapse in configs/strategies.py, which BatchNorm statistics caused;
 - `auto` (Tajbakhsh et al. 2016's layer-wise tuning, as a search): one phase of
   `config.epochs` per depth, from the head down by `config.auto_step` blocks;
   each depth starts from the previous depth's best weights, and the run goes
@@ -28,8 +32,9 @@ cache of a later phase serves every earlier phase's checkpoints too.
 
 Between phases train.py rebuilds the optimizer for the new boundary and keeps
 params, batch statistics and the step (the dropout RNG and data order follow
-it). Momentum restarts at zero and each phase's per-epoch decay starts again at
-the phase's rate, as each fastai `fit` call does. The phase of an epoch follows
+it). Momentum restarts at zero and each phase's schedule (`Phase.curve`, its
+warmup and decay) starts again at the phase's rate, as each fastai `fit` call does.
+A warmup must end within its phase. The phase of an epoch follows
 from the plan, so a resumed run knows which optimizer its checkpoint holds.
 Early stopping (`config.patience`) ends a phase, not the run; epochs keep their
 planned numbers, so a later phase starts at the same epoch either way.
@@ -42,7 +47,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from tuning import depth, stats
+from tuning import depth, schedule, stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Phase:
   scheme: depth.Scheme  # this phase's boundary and strategy (llrd, l2sp)
   lr_mult: float = 1.0
   layer_decay: float | None = None  # discriminative rates; None: the scheme's own
+  curve: schedule.Curve = schedule.Curve()  # the rates' course; rules may override it
 
   @property
   def trainable_from(self) -> int:
@@ -86,19 +92,35 @@ def plan(config: ml_collections.ConfigDict, scheme_name: str, block_names: Seque
           f"scheme gradual unfreezes {config.gradual_step} block(s) per phase of "
           f"{config.gradual_epochs} epoch(s): {len(boundaries)} phases need config.epochs >= "
           f"{config.gradual_epochs * (len(boundaries) - 1) + 1}, got {config.epochs}")
+    unfreezing = schedule.Curve(config.gradual_warmup_epochs, config.gradual_decay)
     phases = [Phase(config.gradual_epochs if b else rest, _at(scheme, b),
-                    layer_decay=config.gradual_spread ** (-1 / (head - b)) if b < head else None)
+                    layer_decay=config.gradual_spread ** (-1 / (head - b)) if b < head else None,
+                    curve=unfreezing if b < head else schedule.Curve())
               for b in boundaries]
   elif scheme.name == "auto":
     phases = [Phase(config.epochs, _at(scheme, b)) for b in depths(head, config.auto_step)]
   else:
-    return [Phase(config.epochs, scheme)]
+    phases = [Phase(config.epochs, scheme)]
   rising = [f"{i} -> {i + 1}" for i in range(len(phases) - 1)
             if phases[i + 1].trainable_from > phases[i].trainable_from]
   if rising:
     raise ValueError(f"phases {', '.join(rising)} refreeze blocks; a later phase must train "
                      "at least the blocks of the one before")
+  _check_warmups(phases, schedule.parse_rules(config.schedule))
   return phases
+
+
+def _check_warmups(phases: Sequence[Phase], rules: Sequence[schedule.Rule]) -> None:
+  """Every warmup must end within its phase (as big_vision checks), or the rate never peaks."""
+  for i, phase in enumerate(phases):
+    used = [(r, dataclasses.replace(phase.curve, **r.curve)) for r in rules
+            if r.mult is not None] if rules else [(None, phase.curve)]
+    for rule, curve in used:
+      if curve.warmup_epochs >= phase.epochs:
+        source = (f"schedule rule {rule.pattern!r}" if rule and "warmup_epochs" in rule.curve
+                  else "its schedule")
+        raise ValueError(f"phase {i} runs {phase.epochs} epoch(s), but {source} warms up for "
+                         f"{curve.warmup_epochs:g}; a warmup must end within its phase")
 
 
 def _at(scheme: depth.Scheme, trainable_from: int) -> depth.Scheme:
@@ -145,7 +167,8 @@ def describe(phases: Sequence[Phase], block_names: Sequence[str], history: Seque
   run = [[h for h in history if h.get("phase", 0) == i] for i in range(len(phases))]
   return [{"epochs": p.epochs, "first_epoch": first_epoch(phases, i),
            "trainable_from": block_names[p.trainable_from], "lr_mult": p.lr_mult,
-           "layer_decay": p.layer_decay, "epochs_run": len(run[i]),
+           "layer_decay": p.layer_decay, "schedule": dataclasses.asdict(p.curve),
+           "epochs_run": len(run[i]),
            "best_val_auc": max((h["val_auc"] for h in run[i]), default=None)}
           for i, p in enumerate(phases)]
 

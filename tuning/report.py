@@ -4,7 +4,7 @@ Per study (dataset, arch, weights) and training fraction, every scheme gets its
 test AUC averaged over seeds with a 95 % interval (Student-t over seeds; with
 one seed, a bootstrap over test images), and a p-value against the best scheme,
 chosen on validation AUC: DeLong's test for binary AUC, a paired bootstrap for
-multi-class macro AUC, per seed, combined over seeds with Stouffer's z. The
+multi-class and multi-label macro AUC, per seed, combined over seeds with Stouffer's z. The
 verdict names the best scheme and the shallowest one not significantly worse.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib import pyplot as plt
 
 from tuning import stats
+from tuning.datasets import medmnist
 from tuning.tasks import classification
 
 matplotlib.use("Agg")  # files only, never a window
@@ -72,6 +73,11 @@ class Scheme:
 
 
 def _predictions(row: dict) -> tuple[np.ndarray, np.ndarray] | None:
+  return _saved(row, "labels", "probs")
+
+
+def _saved(row: dict, *keys: str) -> tuple[np.ndarray, ...] | None:
+  """Arrays `keys` of a run's saved test predictions; None if it has no file or lacks one."""
   path = row.get("predictions")
   if not path:
     return None
@@ -79,7 +85,7 @@ def _predictions(row: dict) -> tuple[np.ndarray, np.ndarray] | None:
   if not os.path.exists(path):
     return None
   with np.load(path) as saved:
-    return saved["labels"], saved["probs"]
+    return tuple(saved[k] for k in keys) if all(k in saved for k in keys) else None
 
 
 def _compare(a: dict, b: dict) -> stats.Comparison | None:
@@ -88,9 +94,23 @@ def _compare(a: dict, b: dict) -> stats.Comparison | None:
   if pa is None or pb is None or not np.array_equal(pa[0], pb[0]):
     return None
   labels = pa[0]
-  if pa[1].shape[1] == 2:
+  if not classification.is_multi_label(labels) and pa[1].shape[1] == 2:
     return stats.delong(labels == 1, pa[1][:, 1], pb[1][:, 1])
-  return stats.paired_bootstrap(labels, pa[1], pb[1], classification.roc_auc, samples=300)
+  return stats.paired_bootstrap(*_auc_resampling(labels, pa[1], pb[1]), samples=300)
+
+
+def _auc_resampling(labels: np.ndarray, *probs: np.ndarray) -> tuple:
+  """`(labels, *scores, metric)` for stats' bootstraps of the test AUC.
+
+  They resample images within the classes of `(N,)` labels. Multi-label images
+  are resampled within their `medmnist.strata` (rarest positive label) instead,
+  each carrying its label row in front of its scores for the metric to split off.
+  """
+  if not classification.is_multi_label(labels):
+    return (labels, *probs, classification.roc_auc)
+  n = labels.shape[1]
+  metric = lambda _, rows: classification.roc_auc(rows[:, :n].astype(np.int64), rows[:, n:])
+  return (medmnist.strata(labels), *(np.concatenate([labels, p], axis=1) for p in probs), metric)
 
 
 def summarize(runs: list[dict]) -> list[Scheme]:
@@ -105,7 +125,7 @@ def summarize(runs: list[dict]) -> list[Scheme]:
     scheme.val_auc = float(np.mean([r["val_auc"] for r in scheme.runs]))
     scheme.test_auc, scheme.low, scheme.high = stats.mean_ci([r["test_auc"] for r in scheme.runs])
     if len(scheme.runs) == 1 and (saved := _predictions(scheme.runs[0])) is not None:
-      scheme.low, scheme.high = stats.bootstrap_ci(*saved, classification.roc_auc, samples=300)
+      scheme.low, scheme.high = stats.bootstrap_ci(*_auc_resampling(*saved), samples=300)
     scheme.low, scheme.high = max(scheme.low, 0.0), min(scheme.high, 1.0)  # AUC's range; nan stays
   if not schemes:
     return schemes
@@ -211,7 +231,9 @@ def run_table(rows: Iterable[dict]) -> str:
 
 
 def _slug(*parts) -> str:
-  return "-".join(str(p) for p in parts).replace("/", "_").replace(" ", "_")
+  """A file name from `parts`; no ':' (of `detection:PATH`), which would make the report's
+  relative image link read as a URL scheme."""
+  return "-".join(str(p) for p in parts).replace("/", "_").replace(" ", "_").replace(":", "_")
 
 
 def write_report(workdir: str, more: Sequence[str] = ()) -> str:
@@ -235,11 +257,18 @@ def write_report(workdir: str, more: Sequence[str] = ()) -> str:
                    f"batch {runs[0]['batch_size']}.", "",
                    scheme_table(summaries[fraction]) if summaries[fraction] else "", "",
                    verdict(summaries[fraction], runs), ""]
+      task = task_table(summaries[fraction])
+      sections += [task, ""] if task else []
     trend = fraction_trend(summaries)
     if trend:
       sections += ["### Fine-tuning against scratch as the training set shrinks", "", trend, ""]
-    figures = _plots(workdir, _slug(dataset, arch, os.path.basename(weights)), summaries)
+    slug = _slug(dataset, arch, os.path.basename(weights))
+    figures = _plots(workdir, slug, summaries) + _froc_plots(workdir, slug, summaries)
     sections += [f"![{name}]({name})" for name in figures] + [""] * bool(figures)
+    if any(r.get("test_label_aucs") for runs in by_fraction.values() for r in runs):
+      sections += ["Multi-label: test AUC is the macro mean over the labels with positives and "
+                   "negatives in the test split (each label's: `test_label_aucs` in "
+                   f"{RESULTS}), accuracy the mean per-label accuracy at 0.5; no ROC plot.", ""]
     sections += ["### Runs", "", run_table(r for runs in by_fraction.values() for r in runs), ""]
     automatic = auto_table(r for runs in by_fraction.values() for r in runs)
     sections += ["### Automatic depth selection", "", automatic, ""] if automatic else []
@@ -280,7 +309,8 @@ def _plots(workdir: str, slug: str, summaries: dict[float, list[Scheme]]) -> lis
 
   largest = summaries[max(summaries)]
   curves = [(s.name, _predictions(s.runs[0])) for s in largest]
-  curves = [(name, saved) for name, saved in curves if saved is not None and saved[1].shape[1] == 2]
+  curves = [(name, saved) for name, saved in curves if saved is not None and saved[1].shape[1] == 2
+            and not classification.is_multi_label(saved[0])]
   if curves:
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (y, probs) in curves:
@@ -312,6 +342,63 @@ def _plots(workdir: str, slug: str, summaries: dict[float, list[Scheme]]) -> lis
   names.append(f"{slug}-cost.png")
   fig.savefig(os.path.join(workdir, names[-1]), dpi=120)
   plt.close(fig)
+  return names
+
+
+def task_table(schemes: Sequence[Scheme]) -> str:
+  """Per scheme, means over seeds of detection's FROC (CPM, sensitivity at the config's
+  operating points) or segmentation's boundary error (lower is better); "" for neither."""
+  runs = [r for s in schemes for r in s.runs]
+  if any(r.get("test_cpm") is not None for r in runs):
+    rates = list(next(r["test_froc_sensitivity"] for r in runs if r.get("test_cpm") is not None))
+    header, spec = ["CPM"] + [f"sens @ {rate} FP/image" for rate in rates], "{:.3f}"
+    values = lambda r: [r["test_cpm"]] + [r["test_froc_sensitivity"].get(k, math.nan)
+                                          for k in rates]
+    key = "test_cpm"
+  elif any(r.get("test_boundary_error") is not None for r in runs):
+    first = next(r for r in runs if r.get("test_boundary_error") is not None)
+    unit = {"um": "µm"}.get(first["boundary_error_unit"], first["boundary_error_unit"])
+    header = [f"boundary error ({unit}, lower is better)"] + [
+        f"interface {k}" for k in range(1, len(first["test_boundary_error_per_interface"]) + 1)]
+    spec, key = "{:.2f}", "test_boundary_error"
+    values = lambda r: [r["test_boundary_error"], *r["test_boundary_error_per_interface"]]
+  else:
+    return ""
+  lines = ["| scheme | seeds | " + " | ".join(header) + " |", "|---" * (len(header) + 2) + "|"]
+  for s in schemes:
+    done = [values(r) for r in s.runs if r.get(key) is not None]
+    means = np.mean(done, axis=0) if done else [math.nan] * len(header)
+    lines.append(f"| {s.name} | {len(done)} | " + " | ".join(_fmt(m, spec) for m in means) + " |")
+  return "\n".join(lines)
+
+
+def _froc_plots(workdir: str, slug: str, summaries: dict[float, list[Scheme]]) -> list[str]:
+  """Per training fraction, each scheme's FROC curve (its lowest seed's run, as the ROC
+  plot), false positives per image on a log axis, the operating points dotted."""
+  names = []
+  for fraction in sorted(summaries, reverse=True):
+    curves = [(s, _saved(s.runs[0], "froc_fp_per_image", "froc_sensitivity"))
+              for s in summaries[fraction]]
+    curves = [(s, curve) for s, curve in curves if curve is not None]
+    if not curves:
+      continue
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for s, (fp, sensitivity) in curves:
+      shown = fp > 0  # a log axis has no 0; the curve starts at its first false positive
+      ax.plot(fp[shown], sensitivity[shown], label=f"{s.name} (CPM {s.runs[0]['test_cpm']:.3f})")
+    for rate in curves[0][0].runs[0]["test_froc_sensitivity"]:
+      ax.axvline(float(rate), color="grey", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("sensitivity (lesions found)")
+    ax.set_title(f"FROC, train fraction {fraction:g}, seed {curves[0][0].runs[0]['seed']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    names.append(f"{slug}-froc-f{fraction:g}.png")
+    fig.savefig(os.path.join(workdir, names[-1]), dpi=120)
+    plt.close(fig)
   return names
 
 

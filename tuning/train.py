@@ -79,13 +79,15 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, rng: jax.A
 
 def make_optimizer(config: ml_collections.ConfigDict, scheme: depth.Scheme, params: dict,
                    block_names: tuple[str, ...], steps_per_epoch: int, *, lr_mult: float = 1.0,
-                   layer_decay: float | None = None):
+                   layer_decay: float | None = None, epochs: int | None = None,
+                   curve: schedule.Curve = schedule.Curve()):
   """Each parameter's learning-rate multiplier (None: frozen) and the optimizer over them.
 
   Scratch runs train every layer at `scratch_lr`; pretrained ones at `lr`, the new
   head at `head_lr_mult` x, with the scheme's strategy (`llrd`: layer-wise decay;
   `l2sp`: pulled toward the pretrained weights, passed in as `params`). A phase
-  (tuning/phases.py) scales the rates by `lr_mult` and may set its own `layer_decay`.
+  (tuning/phases.py) scales the rates by `lr_mult`, may set its own `layer_decay`, and
+  shapes them over its `epochs` by its `curve`, which `config.schedule` rules may override.
   `config.bn_policy = "train_stats_frozen_affine"` freezes BatchNorm scales and biases.
   """
   mults = schedule.multipliers(
@@ -99,7 +101,8 @@ def make_optimizer(config: ml_collections.ConfigDict, scheme: depth.Scheme, para
   anchor = {block: jax.tree.map(lambda _: None, tree) if block == head else tree
             for block, tree in params.items()}
   tx = schedule.make_optimizer(
-      mults, learning_rate=lr_mult * (config.lr if scheme.pretrained else config.scratch_lr),
+      mults, curves=schedule.curves(params, config.schedule, curve), epochs=epochs,
+      learning_rate=lr_mult * (config.lr if scheme.pretrained else config.scratch_lr),
       momentum=config.momentum, steps_per_epoch=steps_per_epoch,
       decay_per_epoch=config.lr_decay_per_epoch, weight_decay=config.weight_decay,
       l2sp_anchor=anchor if scheme.name == "l2sp" else None,
@@ -136,7 +139,7 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int
           model_variables({**state, "params": params}), batch["image"], train=True,
           trainable_from=trainable_from, start=start, mutable=mutable,
           rngs={"dropout": dropout_rng})
-      return classification.cross_entropy_loss(logits, batch["label"]), updates
+      return classification.loss(logits, batch["label"]), updates
 
     (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     step_updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -149,10 +152,11 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int
   return train_step
 
 
-def make_eval_step(model, start: int = 0) -> Callable[[State, jax.Array], jax.Array]:
+def make_eval_step(model, start: int = 0, multi_label: bool = False
+                   ) -> Callable[[State, jax.Array], jax.Array]:
   def eval_step(state: State, images: jax.Array) -> jax.Array:
     logits = model.apply(model_variables(state), images, train=False, start=start)
-    return jax.nn.softmax(logits)
+    return classification.probabilities(logits, multi_label)
   return eval_step
 
 
@@ -166,6 +170,15 @@ def predict(eval_step, state: State, batches: Iterable[dict], sharding) -> tuple
   return np.concatenate(labels), np.concatenate(probs)
 
 
+def predict_images(eval_step, state: State, config: ml_collections.ConfigDict, preprocess,
+                   sharding, images: np.ndarray) -> np.ndarray:
+  """Class probabilities of uint8 `images` (patches), resized and preprocessed as a split's."""
+  split = medmnist.Split(images=images, labels=np.zeros(len(images), np.int32))
+  return predict(eval_step, state, input_pipeline.eval_batches(
+      split, batch_size=config.batch_size, image_size=config.image_size,
+      preprocess=preprocess), sharding)[1]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains one run, returns its result row (also appended to `workdir/results.jsonl`)."""
   config_lib.validate(config)
@@ -174,8 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     append_result(os.path.join(workdir, "results.jsonl"), row)
     return row
   start = time.perf_counter()
-  dataset = datasets.load(config.dataset, config.data_dir, load_size=config.load_size,
-                          split_fractions=config.split_fractions, split_seed=config.split_seed)
+  dataset = datasets.from_config(config)
   train_split = medmnist.subsample(dataset.train, config.train_fraction, config.seed)
   train_split = datasets.balance(train_split, config.seed) if config.balance else train_split
   if len(train_split.labels) < config.batch_size:
@@ -192,7 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps = input_pipeline.steps_per_epoch(len(train_split.labels), config.batch_size)
   phases = phases_lib.plan(config, config.scheme, block_names)
   optimizers = [make_optimizer(config, p.scheme, variables["params"], block_names, steps,
-                               lr_mult=p.lr_mult, layer_decay=p.layer_decay) for p in phases]
+                               lr_mult=p.lr_mult, layer_decay=p.layer_decay, epochs=p.epochs,
+                               curve=p.curve) for p in phases]
   searching = config.scheme == "auto"
   # `reestimate` (tuning/bn_policy.py): BatchNorm statistics recomputed on the training
   # images, every block's before training (so before the frozen ones' features are
@@ -241,7 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         start=start_block, bn=config.bn_policy), donate_argnums=0),
             "trained_moments": jax.jit(bn_policy.make_moments(
                 model, trainable_from=phase.trainable_from, start=start_block)),
-            "eval_step": jax.jit(make_eval_step(model, start=start_block))}
+            "eval_step": jax.jit(make_eval_step(model, start=start_block,
+                                                multi_label=dataset.train.multi_label))}
 
   def eval_batches(run: dict, split: str):
     if run["start"]:
@@ -308,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     val = classification.evaluate(val_labels, val_probs)
     progress["history"].append({"epoch": epoch, "train_loss": train_loss, "val_auc": val["auc"],
                                 **({"phase": index} if len(phases) > 1 else {})})
-    if searching and val_probs.shape[1] == 2 and all(
+    if searching and not dataset.train.multi_label and val_probs.shape[1] == 2 and all(
         val["auc"] > h["val_auc"] for h in progress["history"][:-1] if h.get("phase") == index):
       progress.setdefault("val_scores", {})[str(index)] = val_probs[:, 1].tolist()  # for DeLong
     if val["auc"] > progress["best_auc"]:
@@ -329,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best_epoch = bests[final]["epoch"]
     auto = auto_depth.evidence(config, model, variables, phases, final, history,
                                len(train_split.labels), workdir)
-  val = test = {}  # diverged before any epoch finished
+  val = test = task = {}  # diverged before any epoch finished
   predictions = None
   if best_epoch:
     if run is None:  # resumed after the last epoch: evaluate in the last phase's setup
@@ -341,7 +355,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     test_labels, test_probs = predict(run["eval_step"], state, eval_batches(run, "test"),
                                       data_sharding)
     test = classification.evaluate(test_labels, test_probs)
-    predictions = save_predictions(workdir, name, test_labels, test_probs)
+    arrays = {}
+    if isinstance(dataset, datasets.PatchDataset):  # detection/segmentation: whole test images
+      # The run's steps may start above cached features; new patches need the whole model.
+      whole = jax.jit(make_eval_step(model)) if run["start"] else run["eval_step"]
+      task, arrays = dataset.evaluate(test_probs, functools.partial(
+          predict_images, whole, state, config, preprocess, data_sharding))
+    predictions = save_predictions(workdir, name, test_labels, test_probs, **arrays)
   latest.close()
   best.close()
 
@@ -350,7 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "train_fraction": config.train_fraction, "seed": config.seed,
       "test_auc": test.get("auc"), "test_acc": test.get("acc"), "val_auc": val.get("auc"),
       **{f"test_{k}": test.get(k) for k in classification.SENSITIVITY_KEYS},
-      "predictions": predictions,
+      "test_label_aucs": test.get("label_aucs"),  # multi-label: per label, None if undefined
+      **task, "predictions": predictions,
       "best_epoch": best_epoch, "epochs_run": len(history),
       "wall_s": round(time.perf_counter() - start, 2), "resumed_at_epoch": resumed_at,
       "diverged_at_epoch": progress.get("diverged_at_epoch"),
@@ -367,14 +388,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
-def save_predictions(workdir: str, name: str, labels: np.ndarray, probs: np.ndarray) -> str:
+def save_predictions(workdir: str, name: str, labels: np.ndarray, probs: np.ndarray,
+                     **arrays: np.ndarray) -> str:
   """Writes the test split's labels and probabilities (for ROC curves and DeLong tests in
-  the report); returns the path relative to `workdir`."""
+  the report) and a patch task's `arrays` (FROC curve, boundary errors); returns the path
+  relative to `workdir`."""
   relative = os.path.join("predictions", f"{name}.npz")
   path = os.path.join(workdir, relative)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "wb") as f:
-    np.savez(f, labels=labels, probs=probs)
+    np.savez(f, labels=labels, probs=probs, **arrays)
   os.replace(path + ".tmp", path)
   return relative
 

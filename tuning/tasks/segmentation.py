@@ -50,7 +50,8 @@ def label_map_from_boundaries(height: int, rows: np.ndarray) -> np.ndarray:
   return labels
 
 
-def stratified_pixels(label_map: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_pixels(label_map: np.ndarray, seed: int | Sequence[int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
   """Training pixels: every pixel of each rare class and as many background ones.
 
   The interfaces are one pixel thick, so background pixels outnumber them by
@@ -59,7 +60,8 @@ def stratified_pixels(label_map: np.ndarray, seed: int) -> tuple[np.ndarray, np.
 
   Args:
     label_map: integer `(H, W)` classes, `BACKGROUND` = 0.
-    seed: picks the background pixels.
+    seed: picks the background pixels; a sequence, e.g. (seed, image number), gives
+      each image of a dataset its own draw.
 
   Returns:
     `(pixels, classes)`: int `(N, 2)` (row, column) and int32 `(N,)`, grouped by class.
