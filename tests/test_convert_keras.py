@@ -371,3 +371,98 @@ def test_efficientnet_b0_imagenet_notop_file_has_torchvision_preprocessing(
   stem_input = keras.Model(imagenet.input, imagenet.get_layer("stem_conv_pad").input)
   np.testing.assert_allclose(preprocess(pixels), stem_input(pixels.astype(np.float32)),
                              rtol=0, atol=1e-5)
+
+
+def _mobilenet_v1(alpha):
+  """Keras's MobileNet at its smallest input (32 px), 7 classes, its BatchNorm betas raised.
+
+  At 32 px every stride-2 conv sees an even map, down to 2x2 for the last, where
+  Keras's one pixel of padding at the end is TensorFlow's SAME. With random
+  betas of mean 0, each ReLU6 zeroes half its inputs, and the image's share of
+  the logits falls to 1e-2 (width 0.25) or 6e-3 (1.0); betas raised by 0.5 keep
+  it above 5e-2.
+  """
+  reference = _build(keras.applications.MobileNet, alpha=alpha, input_shape=(32, 32, 3),
+                     classes=7, classifier_activation=None)
+  for layer in reference.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      gamma, beta, mean, variance = layer.get_weights()
+      layer.set_weights([gamma, beta + 0.5, mean, variance])
+  return reference
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v1(tmp_path_factory):
+  """`_mobilenet_v1(0.25)` in the download layout and Keras 3's."""
+  reference = _mobilenet_v1(0.25)
+  directory = tmp_path_factory.mktemp("mobilenet_v1")
+  paths = {"legacy": _save_legacy(reference, directory / "mobilenet_2_5_224_tf.h5"),
+           "keras3": directory / "model.weights.h5"}
+  reference.save_weights(paths["keras3"])
+  return reference, paths, from_keras("mobilenet_v1_0.25", paths["legacy"])
+
+
+def _assert_mobilenet_v1_matches(reference, alpha, converted):
+  """Its classifier, a 1x1 conv with bias on the pooled map, becomes the dense head."""
+  model, variables, preprocess = converted
+  assert model.num_classes == 7 and model.alpha == alpha and preprocess == MINUS_ONE_TO_ONE
+  assert (model.same_padding, model.bn_epsilon) == (True, 1e-3)
+  images = _images(32, 32)
+  want = _keras_logits(reference, images)
+  assert np.abs(want[0] - want[1]).max() > 1e-2  # the logits depend on the image
+  _assert_close(f"mobilenet_v1_{alpha}", _logits(model, variables, images), want)
+  assert sum(np.size(v) for v in jax.tree.leaves(variables)) == reference.count_params()
+
+
+def test_mobilenet_v1_logits_match_keras(mobilenet_v1):
+  reference, _, converted = mobilenet_v1
+  _assert_mobilenet_v1_matches(reference, 0.25, converted)
+
+
+def test_mobilenet_v1_1_0_logits_match_keras(tmp_path):
+  """Width 1.0, from a Keras 3 file."""
+  reference = _mobilenet_v1(1.0)
+  reference.save_weights(tmp_path / "model.weights.h5")
+  _assert_mobilenet_v1_matches(reference, 1.0,
+                               from_keras("mobilenet_v1_1.0", tmp_path / "model.weights.h5"))
+
+
+def test_mobilenet_v1_keras3_and_notop_files_give_the_same_variables(mobilenet_v1, tmp_path):
+  """Keras 3 names the layers by class (`depthwise_conv2d_k`; `conv_preds` is `conv2d_14`)."""
+  reference, paths, (_, full, _) = mobilenet_v1
+  _, keras3, _ = from_keras("mobilenet_v1_0.25", paths["keras3"])
+  chex.assert_trees_all_equal(keras3, full)
+  notop = _build(keras.applications.MobileNet, alpha=0.25, include_top=False,
+                 input_shape=(32, 32, 3))
+  notop.set_weights(reference.get_weights()[:-2])  # all but conv_preds, in the same order
+  model, variables, _ = from_keras(
+      "mobilenet_v1_0.25", _save_legacy(notop, tmp_path / "mobilenet_2_5_224_tf_no_top.h5"))
+  assert model.num_classes == 1000
+  chex.assert_trees_all_equal(
+      variables, {collection: {block: tree for block, tree in blocks.items() if block != "head"}
+                  for collection, blocks in full.items()})
+
+
+def test_mobilenet_v1_problems_are_reported_at_once(mobilenet_v1, tmp_path):
+  """A width-0.25 file read as width 0.5, with an array deleted and one added.
+
+  Every array but the classifier's bias is half as wide as width 0.5 expects.
+  """
+  _, paths, _ = mobilenet_v1
+  path = tmp_path / "broken.weights.h5"
+  shutil.copy(paths["keras3"], path)
+  with h5py.File(path, "r+") as f:
+    del f["layers/batch_normalization_3/vars/1"]
+    f["layers/conv2d_15/vars/0"] = np.zeros(3, np.float32)
+  with pytest.raises(ConversionError) as error:
+    from_keras("mobilenet_v1_0.5", path)
+  message = str(error.value)
+  # The stem's conv and 4 BatchNorm arrays, 13 units' 2 convs and 2 x 4 BatchNorm
+  # arrays, the classifier's kernel (the deleted array among them), and the added array.
+  assert f"{5 + 13 * 10 + 1 + 1} problem(s)" in message
+  assert "missing layers/batch_normalization_3/vars/1 (32,)" in message
+  assert "unexpected layers/conv2d_15/vars/0 (3,)" in message
+  assert ("layers/depthwise_conv2d_1/vars/0 has shape (3, 3, 16, 1), expected (3, 3, 32, 1) "
+          "(for params/block2/unit0/depthwise/conv/kernel)") in message
+  assert ("layers/conv2d_1/vars/0 has shape (1, 1, 8, 16), expected (1, 1, 16, 32) "
+          "(for params/block1/unit0/pointwise/conv/kernel)") in message

@@ -25,7 +25,7 @@ safetensors_torch = pytest.importorskip(
 
 
 def _timm_models(nn):
-  """timm's `mobilenetv2_100`, `efficientnet_b0` and VGG, module for module, from timm's source.
+  """timm's `mobilenetv2_100`, `efficientnet_b0`, `mobilenetv1_100(h)` and VGG, module for module.
 
   Written independently of `tuning.convert.timm`, so a key or layout mistake on
   either side breaks parity.
@@ -53,16 +53,16 @@ def _timm_models(nn):
       s = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
       return x * s.sigmoid()
 
-  class DepthwiseSeparableConv(nn.Module):  # timm's "ds" block
-    def __init__(self, cin, cout, kernel, stride, act, se_ratio):
+  class DepthwiseSeparableConv(nn.Module):  # timm's "ds" block, or "dsa" if `pw_act`
+    def __init__(self, cin, cout, kernel, stride, act, se_ratio, pw_act):
       super().__init__()
       self.conv_dw = nn.Conv2d(cin, cin, kernel, stride, padding(kernel, stride), groups=cin,
                                bias=False)
       self.bn1 = BatchNormAct2d(cin, act)
       self.se = SqueezeExcite(cin, round(cin * se_ratio), act) if se_ratio else nn.Identity()
       self.conv_pw = nn.Conv2d(cin, cout, 1, bias=False)
-      self.bn2 = BatchNormAct2d(cout)
-      self.has_skip = stride == 1 and cin == cout
+      self.bn2 = BatchNormAct2d(cout, act if pw_act else None)
+      self.has_skip = stride == 1 and cin == cout and not pw_act  # "dsa" is `noskip`
 
     def forward(self, x):
       h = self.bn2(self.conv_pw(self.se(self.bn1(self.conv_dw(x)))))
@@ -90,7 +90,7 @@ def _timm_models(nn):
       return x + h if self.has_skip else h
 
   class EfficientNet(nn.Module):  # timm's class of every model of its EfficientNet builder
-    def __init__(self, arch_def, act, num_classes):
+    def __init__(self, arch_def, act, num_classes, num_features=1280, pw_act=False):
       super().__init__()
       self.conv_stem = nn.Conv2d(3, 32, 3, 2, padding(3, 2), bias=False)
       self.bn1 = BatchNormAct2d(32, act)
@@ -99,14 +99,18 @@ def _timm_models(nn):
         blocks = []
         for i in range(repeats):
           args = (cin, cout, kernel, stride if i == 0 else 1, act, se_ratio)
-          blocks.append(DepthwiseSeparableConv(*args) if expansion == 1
+          blocks.append(DepthwiseSeparableConv(*args, pw_act) if expansion == 1
                         else InvertedResidual(*args, expansion))
           cin = cout
         stages.append(nn.Sequential(*blocks))
       self.blocks = nn.Sequential(*stages)
-      self.conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
-      self.bn2 = BatchNormAct2d(1280, act)
-      self.classifier = nn.Linear(1280, num_classes)
+      # `num_features=0`: no head conv (timm's Identity modules, which have no keys).
+      if num_features:
+        self.conv_head = nn.Conv2d(cin, num_features, 1, bias=False)
+        self.bn2 = BatchNormAct2d(num_features, act)
+      else:
+        self.conv_head = self.bn2 = nn.Identity()
+      self.classifier = nn.Linear(num_features or cin, num_classes)
 
     def forward(self, x):
       x = self.bn2(self.conv_head(self.blocks(self.bn1(self.conv_stem(x)))))
@@ -121,6 +125,10 @@ def _timm_models(nn):
   efficientnet_b0 = ((1, 3, 16, 1, 1, 0.25), (6, 3, 24, 2, 2, 0.25), (6, 5, 40, 2, 2, 0.25),
                      (6, 3, 80, 3, 2, 0.25), (6, 5, 112, 3, 1, 0.25), (6, 5, 192, 4, 2, 0.25),
                      (6, 3, 320, 1, 1, 0.25))
+  # mobilenetv1_100: dsa_r1_k3_s1_c64, dsa_r2_k3_s2_c128, ..., dsa_r2_k3_s2_c1024, with no
+  # head conv; mobilenetv1_100h (`head_conv=True`) has one, to 1024 channels.
+  mobilenet_v1 = ((1, 3, 64, 1, 1, 0), (1, 3, 128, 2, 2, 0), (1, 3, 256, 2, 2, 0),
+                  (1, 3, 512, 6, 2, 0), (1, 3, 1024, 2, 2, 0))
 
   class ConvMlp(nn.Module):  # timm's VGG `pre_logits`: fc6 and fc7 as convolutions
     def __init__(self, width):
@@ -162,6 +170,10 @@ def _timm_models(nn):
 
   return {"mobilenet_v2": functools.partial(EfficientNet, mobilenet_v2, nn.ReLU6),
           "efficientnet_b0": functools.partial(EfficientNet, efficientnet_b0, nn.SiLU),
+          "mobilenet_v1_1.0": functools.partial(EfficientNet, mobilenet_v1, nn.ReLU6,
+                                                num_features=0, pw_act=True),
+          "mobilenetv1_100h": functools.partial(EfficientNet, mobilenet_v1, nn.ReLU6,
+                                                num_features=1024, pw_act=True),
           "vgg": VGG}
 
 
@@ -177,14 +189,30 @@ def resnet18_file(torch, tmp_path_factory):
   return _save(state, tmp_path_factory.mktemp("resnet18") / "model.safetensors")
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v2", "efficientnet_b0"])
-def test_efficientnet_builder_logits_match_timm_layout(tmp_path, torch, arch):
+@pytest.mark.parametrize("arch, preprocess", [("mobilenet_v2", TORCHVISION),
+                                                ("efficientnet_b0", TORCHVISION),
+                                                ("mobilenet_v1_1.0", MINUS_ONE_TO_ONE)],
+                         ids=lambda v: getattr(v, "name", v))
+def test_efficientnet_builder_logits_match_timm_layout(tmp_path, torch, arch, preprocess):
+  """MobileNet V1 takes PyTorch's padding (`same_padding=False`), not TF-slim's.
+
+  The conv kernels are He's (fan-in; a depthwise kernel's is k*k): through
+  dozens of convs at torch's default scale, a sixth of that variance, the
+  image's share of the logits falls to 1e-7, and only the BatchNorm offsets
+  would be compared.
+  """
   reference = _random_model(torch, arch, 1000, references=_timm_models)
-  model, variables, preprocess = from_timm(
+  with torch.no_grad():
+    for module in reference.modules():
+      if isinstance(module, torch.nn.Conv2d):
+        module.weight.normal_(0, (2 / module.weight[0].numel()) ** 0.5)
+  model, variables, got_preprocess = from_timm(
       arch, _save(reference.state_dict(), tmp_path / "model.safetensors"))
-  assert model.num_classes == 1000 and preprocess == TORCHVISION
-  # 56 px: odd feature maps reach the stride-2 convs.
+  assert model.num_classes == 1000 and got_preprocess == preprocess
+  # 56 px: odd feature maps reach the stride-2 convs, and even ones, where SAME
+  # padding would differ.
   got, want = _logits_of_both(torch, reference, model, variables, 56, 56)
+  assert np.abs(want[0] - want[1]).max() > 1e-3  # the logits depend on the image
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
@@ -265,6 +293,18 @@ def test_every_key_problem_is_reported_at_once(tmp_path, resnet18_file):
   assert "unexpected head.fc.weight (10, 512)" in message
   assert ("layer2.0.conv1.weight has shape (128, 64, 1, 1), expected (128, 64, 3, 3)"
           in message)
+
+
+def test_mobilenet_v1_with_a_head_conv_is_refused_listing_its_keys(tmp_path, torch):
+  """timm's `mobilenetv1_100h` is `mobilenetv1_100` plus a head conv, which the Flax model lacks."""
+  state = _random_model(torch, "mobilenetv1_100h", 10, references=_timm_models).state_dict()
+  with pytest.raises(ConversionError) as error:
+    from_timm("mobilenet_v1_1.0", _save(state, tmp_path / "model.safetensors"))
+  message = str(error.value)
+  assert "5 problem(s)" in message
+  assert "unexpected conv_head.weight (1024, 1024, 1, 1)" in message
+  for leaf in ("weight", "bias", "running_mean", "running_var"):
+    assert f"unexpected bn2.{leaf} (1024,)" in message
 
 
 def test_files_of_another_architecture_or_layout_are_refused(resnet18_file):

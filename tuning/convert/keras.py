@@ -21,6 +21,16 @@ with moving mean m is BN(conv(x)) with mean m - b (and in training the batch
 mean absorbs b), so the bias is folded into the mean. EfficientNet normalises
 its input inside the model, with a `Normalization` layer whose mean and
 variance are in the file: they become the returned `Preprocess`, not layers.
+MobileNet (V1) classifies with a 1x1 conv (`conv_preds`) on the pooled map,
+whose (1, 1, C, classes) kernel is the Flax classifier's (C, classes).
+
+Keras's MobileNet pads the input of each stride-2 depthwise conv by one pixel
+at the end (`ZeroPadding2D(((0, 1), (0, 1)))`, then 'valid'), which is
+TensorFlow's 'SAME' on even maps only: on an odd map SAME pads one pixel on
+both sides. The Flax model uses SAME, the padding TF-slim trained the weights
+with (Keras's ImageNet files are TF-slim's checkpoints): it reproduces Keras
+wherever every stride-2 depthwise conv sees an even map (as on inputs of a
+multiple of 32 pixels, 224 among them), and TF-slim's network everywhere.
 """
 from __future__ import annotations
 
@@ -39,11 +49,15 @@ from tuning import models
 from tuning.convert.common import ConversionError, Link, check_and_build, expected_variables
 from tuning.models.efficientnet import STAGES as EFFICIENTNET_STAGES
 from tuning.models.inception_v3 import BLOCKS, STEM
+from tuning.models.mobilenet_v1 import STAGES as MOBILENET_V1_STAGES
+from tuning.models.mobilenet_v1 import WIDTHS as MOBILENET_V1_WIDTHS
 from tuning.models.mobilenet_v2 import STAGES as MOBILENET_V2_STAGES
 from tuning.models.vgg import VGG16, VGG19
 from tuning.preprocess import KERAS_CAFFE, MINUS_ONE_TO_ONE, TORCHVISION, Preprocess
 
 _BASE = "https://storage.googleapis.com/tensorflow/keras-applications"
+# How keras.applications.mobilenet writes each width multiplier in its file names.
+_MOBILENET_V1_ALPHAS = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}
 # keras.applications' WEIGHTS_PATH and WEIGHTS_PATH_NO_TOP.
 URLS = {
     "vgg16": f"{_BASE}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
@@ -66,6 +80,11 @@ URLS = {
     "efficientnet_b0": "https://storage.googleapis.com/keras-applications/efficientnetb0.h5",
     "efficientnet_b0_notop":
         "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+    # keras.applications.mobilenet's BASE_WEIGHT_PATH; the 224 px files of each width
+    # (its 128, 160 and 192 px files hold the same layers, and convert as well).
+    **{f"mobilenet_v1_{alpha}{key}": f"{_BASE}/mobilenet/mobilenet_{text}_224_tf{suffix}.h5"
+       for alpha, text in _MOBILENET_V1_ALPHAS.items()
+       for key, suffix in (("", ""), ("_notop", "_no_top"))},
 }
 
 Path = tuple[str, ...]
@@ -90,11 +109,13 @@ class _Layer:
   `flatten_hwc`: the kernel's rows are a Keras `Flatten` of an (H, W, C) map,
   while the Flax model flattens (C, H, W) as torchvision does.
   `kernel_perm`: the axis permutation of the first array (the kernel) into Flax's layout.
+  `conv_1x1`: the kernel is a 1x1 Conv2D's, (1, 1, in, out), where the Flax layer is dense.
   """
   kind: str
   variables: tuple[Path, ...]
   flatten_hwc: tuple[int, int, int] | None = None
   kernel_perm: tuple[int, ...] | None = None
+  conv_1x1: bool = False
 
 
 def _dense(block: str, layer: str, flatten_hwc=None) -> _Layer:
@@ -197,6 +218,20 @@ def _mobilenet_v2_layers() -> list[_Layer]:
       for conv in ("expand", "depthwise", "project")[expansion == 1:]:
         layers += _conv_bn((f"block{i}", f"unit{unit}", conv), depthwise=conv == "depthwise")
   return layers + [*_conv_bn(("conv_last",)), _dense("head", "classifier")]
+
+
+def _mobilenet_v1_layers() -> list[_Layer]:
+  """conv1, per unit `conv_dw_k, conv_dw_k_bn, conv_pw_k, conv_pw_k_bn`, conv_preds.
+
+  A single chain of layers: Keras's depth order is the source order. The
+  classifier `conv_preds` is a 1x1 Conv2D with bias.
+  """
+  layers = list(_conv_bn(("stem",)))
+  for i, (_, units, _) in enumerate(MOBILENET_V1_STAGES, start=1):
+    for unit in range(units):
+      for conv in ("depthwise", "pointwise"):
+        layers += _conv_bn((f"block{i}", f"unit{unit}", conv), depthwise=conv == "depthwise")
+  return layers + [_Layer("conv2d", _dense("head", "classifier").variables, conv_1x1=True)]
 
 
 def _resnet50_layers() -> list[_Layer]:
@@ -307,6 +342,10 @@ _ARCHS: dict[str, _Arch] = {
     # 'SAME'; Keras's BatchNorm epsilon.
     "efficientnet_b0": _Arch(_efficientnet_b0_layers, 1, None,
                              {"same_padding": True, "bn_epsilon": 1e-3}),
+    # TensorFlow's padding (see the module's doc) and Keras's BatchNorm epsilon.
+    **{f"mobilenet_v1_{alpha}": _Arch(_mobilenet_v1_layers, 1, MINUS_ONE_TO_ONE,
+                                      {"same_padding": True, "bn_epsilon": 1e-3})
+       for alpha in MOBILENET_V1_WIDTHS},
 }
 # Variants with a new head on an arch's trunk: they take the trunk of a full or
 # a notop file, and everything but their `head`, which `pretrained.transplant`
@@ -370,13 +409,26 @@ def _chw_rows(kernel: np.ndarray, hwc: tuple[int, int, int]) -> np.ndarray:
   return kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
 
 
+def _flax_kernel(layer: _Layer, kernel: np.ndarray) -> np.ndarray:
+  """`layer`'s kernel as its Flax variable lays it out, where more than a permutation differs.
+
+  A kernel of an unexpected shape is left as it is, for `check_and_build` to report.
+  """
+  if layer.flatten_hwc and kernel.ndim == 2 and kernel.shape[0] == np.prod(layer.flatten_hwc):
+    return _chw_rows(kernel, layer.flatten_hwc)
+  if layer.conv_1x1 and kernel.ndim == 4 and kernel.shape[:2] == (1, 1):
+    return kernel[0, 0]
+  return kernel
+
+
 def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Preprocess]:
   """Builds the Flax `arch` with the weights of a Keras HDF5 file.
 
   Args:
     arch: "vgg16", "vgg19", "inception_v3", "densenet121", "mobilenet_v2",
-      "resnet50", "efficientnet_b0", or "vgg16_gap"/"vgg19_gap" (the conv
-      blocks of a VGG file, with or without its top).
+      "mobilenet_v1_{0.25,0.5,0.75,1.0}", "resnet50", "efficientnet_b0", or
+      "vgg16_gap"/"vgg19_gap" (the conv blocks of a VGG file, with or without
+      its top).
     path: a legacy `.h5` (keras.applications' downloads, full or `notop`) or
       a Keras 3 `.weights.h5` file, of the architecture as `keras.applications`
       builds it.
@@ -384,14 +436,14 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
     file's classifier (1000 without one) and the attributes of Keras's layers
-    (MobileNetV2, EfficientNet-B0: `same_padding=True, bn_epsilon=1e-3`;
-    ResNet50: `stride_in_1x1=True`), its variables as float32 numpy arrays
-    (without the `head` when the file has no top, or for a `_gap` variant) and
-    the input convention of Keras's weights: `preprocess_input(mode="caffe")`
-    for VGG and ResNet50, `mode="tf"` ([-1, 1]) for InceptionV3 and
-    MobileNetV2, `mode="torch"` (torchvision's) for DenseNet, and for
-    EfficientNet-B0 the one of its own input layers (`_normalization_preprocess`;
-    torchvision's for the ImageNet file).
+    (MobileNetV2, MobileNet V1, EfficientNet-B0: `same_padding=True,
+    bn_epsilon=1e-3`; ResNet50: `stride_in_1x1=True`), its variables as float32
+    numpy arrays (without the `head` when the file has no top, or for a `_gap`
+    variant) and the input convention of Keras's weights:
+    `preprocess_input(mode="caffe")` for VGG and ResNet50, `mode="tf"`
+    ([-1, 1]) for InceptionV3 and the MobileNets, `mode="torch"`
+    (torchvision's) for DenseNet, and for EfficientNet-B0 the one of its own
+    input layers (`_normalization_preprocess`; torchvision's for the ImageNet file).
 
   Raises:
     ConversionError: naming the file and every missing, unexpected or
@@ -406,6 +458,9 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
   source = _File(os.fspath(path))
   keys = source.keys(layers)
   arrays = source.arrays
+  for layer, layer_keys in zip(layers, keys):
+    if layer_keys[0] in arrays:
+      arrays[layer_keys[0]] = _flax_kernel(layer, arrays[layer_keys[0]])
   top = [key for layer_keys in keys[-top_size:] for key in layer_keys]
   has_top = any(key in arrays for key in top)
   # A variant links the trunk only; an arch all its layers but the head if the file has no top.
@@ -417,10 +472,6 @@ def from_keras(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Pre
               if variable[1] != "head" or linked == len(layers)}
   links = {}
   for layer, layer_keys in zip(layers[:linked], keys[:linked]):
-    if layer.flatten_hwc and layer_keys[0] in arrays:
-      kernel = arrays[layer_keys[0]]
-      if kernel.ndim == 2 and kernel.shape[0] == np.prod(layer.flatten_hwc):
-        arrays[layer_keys[0]] = _chw_rows(kernel, layer.flatten_hwc)
     links.update((variable, Link(key, layer.kernel_perm if j == 0 else None))
                  for j, (variable, key) in enumerate(zip(layer.variables, layer_keys)))
   # A conv bias is checked as the BatchNorm mean it is folded into.

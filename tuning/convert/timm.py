@@ -2,9 +2,9 @@
 
 timm's ResNet and DenseNet began as copies of torchvision's and kept its module
 names, so their state dicts convert with the torchvision links unchanged.
-timm builds MobileNetV2 and EfficientNet-B0 with its EfficientNet builder
-(`conv_stem, bn1, blocks.i.j.*, conv_head, bn2, classifier`), mapped here per
-Flax layer; it computes as torchvision's (symmetric padding, BatchNorm eps
+timm builds MobileNetV2, EfficientNet-B0 and MobileNet V1 with its EfficientNet
+builder (`conv_stem, bn1, blocks.i.j.*, conv_head, bn2, classifier`), mapped here
+per Flax layer; it computes as torchvision's (symmetric padding, BatchNorm eps
 1e-5, squeeze-excitation to a quarter of a unit's input channels). timm's
 VGG holds torchvision's weights (`tv_in1k`) with fc6 and fc7 reshaped into
 convolutions (`pre_logits.fc1`, 7x7, and `pre_logits.fc2`, 1x1) and the last
@@ -12,6 +12,15 @@ layer renamed `head.fc`: it converts with the torchvision links under these
 names, the two kernels flattened back. timm's InceptionV3 is torchvision's
 `Inception3` without `transform_input` under the same names, and converts as it
 (its `tv_in1k` weights are torchvision's, whose convention is [-1, 1]).
+
+timm's `mobilenetv1_100` is TF-slim's MobileNet V1 at width 1.0 (its "dsa"
+blocks are depthwise-separable units with ReLU6 after both convs and no
+residual, and it has no `conv_head`) with PyTorch's padding, which the Flax
+model takes as `same_padding=False`. timm's other MobileNet V1s are not
+converted: `mobilenetv1_100h` adds a `conv_head` (1x1 conv to 1024, BatchNorm,
+ReLU6) before the pooling, which the Flax model has not, and `mobilenetv1_125`
+has width 1.25, which `models.ARCHITECTURES` does not list (its layers would
+map as width 1.0's do).
 
 timm's VGG and the Flax VGG agree on inputs of 32 to 255 pixels a side, which
 leave block5 at most 7x7: both then average-pool it to 7x7 (timm's `ConvMlp`
@@ -38,6 +47,7 @@ from tuning.convert import torchvision
 from tuning.convert.common import ConversionError, Link
 from tuning.convert.torch_pickle import load_state_dict
 from tuning.models.efficientnet import STAGES as EFFICIENTNET_STAGES
+from tuning.models.mobilenet_v1 import STAGES as MOBILENET_V1_STAGES
 from tuning.models.mobilenet_v2 import STAGES
 from tuning.models.vgg import VGG16, VGG19
 from tuning.preprocess import MINUS_ONE_TO_ONE, TORCHVISION, Preprocess
@@ -53,6 +63,7 @@ HUB_IDS = {
     "vgg19": "timm/vgg19.tv_in1k",
     "efficientnet_b0": "timm/efficientnet_b0.ra_in1k",
     "inception_v3": "timm/inception_v3.tv_in1k",
+    "mobilenet_v1_1.0": "timm/mobilenetv1_100.ra4_e3600_r224_in1k",
 }
 # Every file is called `model.safetensors`: keep each in its own folder.
 URLS = {arch: f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors"
@@ -63,7 +74,8 @@ def _builder_modules(path: tuple[str, ...], stages) -> tuple[str, str]:
   """timm (conv, bn) prefixes of a `ConvNormAct` of a model of timm's EfficientNet builder.
 
   Flax `blockN/unitK` is timm's `blocks.{N-1}.K`. A stage without expansion has
-  depthwise-separable blocks (`conv_dw, bn1, conv_pw, bn2`), the others inverted
+  depthwise-separable blocks (`conv_dw, bn1, conv_pw, bn2`; the Flax pointwise
+  conv is `project`, or `pointwise` in MobileNet V1), the others inverted
   residuals (`conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3`).
   """
   if len(path) == 1:
@@ -71,7 +83,7 @@ def _builder_modules(path: tuple[str, ...], stages) -> tuple[str, str]:
   block, unit, name = path
   stage = int(block.removeprefix("block")) - 1
   if stages[stage][0] == 1:
-    j = ("depthwise", "project").index(name)
+    j = int(name != "depthwise")
     conv = ("conv_dw", "conv_pw")[j]
   else:
     j = ("expand", "depthwise", "project").index(name)
@@ -119,6 +131,9 @@ def _vgg_links(expected, classifier: str, depths: tuple[int, ...]) -> dict[tuple
   return links
 
 
+# MobileNet V1's stages as (expansion, *STAGES[i]): all depthwise-separable.
+_MOBILENET_V1_STAGES = tuple((1, *stage) for stage in MOBILENET_V1_STAGES)
+
 # arch -> (links(expected variables, classifier), the prefix of the classifier).
 _ARCHS = {
     "resnet18": torchvision._ARCHS["resnet18"],
@@ -130,7 +145,15 @@ _ARCHS = {
     "efficientnet_b0": (functools.partial(_builder_links, stages=EFFICIENTNET_STAGES),
                         "classifier"),
     "inception_v3": torchvision._ARCHS["inception_v3"],
+    "mobilenet_v1_1.0": (functools.partial(_builder_links, stages=_MOBILENET_V1_STAGES),
+                         "classifier"),
 }
+# The Flax attributes, other than `models.create`'s defaults, that compute as timm's
+# model: PyTorch's padding for MobileNet V1, whose default is TF-slim's.
+_ATTRIBUTES = {"mobilenet_v1_1.0": {"same_padding": False}}
+# The input convention of the `URLS` weights not trained on ImageNet's mean and std:
+# timm's MobileNet V1 (`ra4`) was trained on [-1, 1] (IMAGENET_INCEPTION_MEAN/STD).
+_PREPROCESS = {"mobilenet_v1_1.0": MINUS_ONE_TO_ONE}
 
 
 def _as_linear(key: str, value: np.ndarray) -> np.ndarray:
@@ -148,12 +171,13 @@ def _preprocess(path: Path, arch: str) -> Preprocess:
   """The input convention in the timm `config.json` beside `path`, else that of `URLS[arch]`.
 
   Those take ImageNet's mean and std, but for InceptionV3's (`tv_in1k`,
-  torchvision's weights), which take [-1, 1] as `torchvision._PREPROCESS` records.
+  torchvision's weights), which take [-1, 1] as `torchvision._PREPROCESS`
+  records, and MobileNet V1's, [-1, 1] as well (`_PREPROCESS`).
 
   Raises:
     ConversionError: if that config describes another timm model.
   """
-  default = torchvision._PREPROCESS.get(arch, TORCHVISION)
+  default = _PREPROCESS.get(arch) or torchvision._PREPROCESS.get(arch, TORCHVISION)
   config_path = path.with_name("config.json")
   if not config_path.is_file():
     return default
@@ -182,7 +206,8 @@ def from_timm(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Prep
 
   Returns:
     `(model, variables, preprocess)`: the model with as many classes as the
-    checkpoint's classifier, `{"params"}` (and `"batch_stats"` if it has
+    checkpoint's classifier and the attributes of timm's layers (`_ATTRIBUTES`;
+    MobileNet V1: `same_padding=False`), `{"params"}` (and `"batch_stats"` if it has
     BatchNorm) as float32 numpy arrays, and the input convention of the weights.
 
   Raises:
@@ -198,4 +223,5 @@ def from_timm(arch: str, path: str | os.PathLike) -> tuple[nn.Module, dict, Prep
   state = {key: _as_linear(key, value) for key, value in state.items()}
   links, classifier = _ARCHS[arch]
   model, variables = torchvision.build(arch, state, os.fspath(path), links, classifier, "timm")
-  return model, variables, preprocess
+  # Padding changes no variable's shape: the variables checked for `build`'s model fit this one.
+  return model.clone(**_ATTRIBUTES.get(arch, {})), variables, preprocess

@@ -4,7 +4,9 @@ Blocks: `stem, block1..block5, head`. `stem` is the 3x3/2 conv; each `blockN`
 holds the depthwise-separable units (depthwise 3x3 + BN + ReLU6, then pointwise
 1x1 + BN + ReLU6) at one width, so blocks 2-5 each start with their stride-2
 unit: 1 unit at 64 channels, 2 at 128, 2 at 256, 6 at 512 and 2 at 1024
-(the paper's Table 1, times the width multiplier `alpha`).
+(the paper's Table 1, times the width multiplier `alpha`). Keras's `MobileNet`
+and timm's `mobilenetv1_100` are this network too; they differ from TF-slim only
+in padding and BatchNorm epsilon, which are attributes here.
 """
 from __future__ import annotations
 
@@ -33,11 +35,13 @@ class DepthwiseSeparable(nn.Module):
   strides: int
   same_padding: bool
   folded_bn: bool
+  bn_epsilon: float
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda *a, **kw: ConvNormAct(*a, **kw, activation=relu6,
-                                        same_padding=self.same_padding, folded_bn=self.folded_bn)
+                                        same_padding=self.same_padding, folded_bn=self.folded_bn,
+                                        bn_epsilon=self.bn_epsilon)
     x = conv(None, 3, self.strides, name="depthwise")(x, train)
     return conv(self.features, 1, name="pointwise")(x, train)
 
@@ -49,12 +53,13 @@ class Stage(nn.Module):
   strides: int
   same_padding: bool
   folded_bn: bool
+  bn_epsilon: float
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i in range(self.units):
       x = DepthwiseSeparable(self.features, self.strides if i == 0 else 1, self.same_padding,
-                             self.folded_bn, name=f"unit{i}")(x, train)
+                             self.folded_bn, self.bn_epsilon, name=f"unit{i}")(x, train)
     return x
 
 
@@ -65,15 +70,18 @@ class MobileNetV1(nn.Module):
     num_classes: outputs of the fresh `head` (1001 in TF-slim's ImageNet files,
       index 0 = background).
     alpha: width multiplier of every layer's channels (`WIDTHS` have weights).
-    same_padding: TensorFlow 'SAME' padding, which every published V1 file was
-      trained with; False pads symmetrically as PyTorch does.
+    same_padding: TensorFlow 'SAME' padding, which TF-slim's files (and Keras's,
+      translated from them) were trained with; False pads symmetrically as
+      PyTorch does (timm's files).
     folded_bn: BatchNorm folded into conv biases, the layout of TFLite files.
+    bn_epsilon: the BatchNorm epsilon the weights were trained with (Keras: 1e-3).
     dropout_rate: dropout before the classifier (TF-slim keeps 0.999, so 0.001).
   """
   num_classes: int
   alpha: float = 1.0
   same_padding: bool = True
   folded_bn: bool = False
+  bn_epsilon: float = 1e-5
   dropout_rate: float = 0.001
 
   block_names: ClassVar[tuple[str, ...]] = (
@@ -84,10 +92,11 @@ class MobileNetV1(nn.Module):
                start: int = 0, stop: int | None = None) -> jax.Array:
     blocks = [("stem", ConvNormAct(width(32, self.alpha), 3, 2, activation=relu6,
                                    same_padding=self.same_padding, folded_bn=self.folded_bn,
-                                   name="stem"))]
+                                   bn_epsilon=self.bn_epsilon, name="stem"))]
     for i, (features, units, strides) in enumerate(STAGES, start=1):
       blocks.append((f"block{i}", Stage(width(features, self.alpha), units, strides,
-                                        self.same_padding, self.folded_bn, name=f"block{i}")))
+                                        self.same_padding, self.folded_bn, self.bn_epsilon,
+                                        name=f"block{i}")))
     blocks.append(("head", ClassifierHead(self.num_classes, self.dropout_rate, name="head")))
     return run_blocks(blocks, x, train=train, trainable_from=trainable_from,
                       start=start, stop=stop)
