@@ -123,6 +123,15 @@ def peak_rss_mb() -> float:
   return maxrss / 2**20 if platform.system() == "Darwin" else maxrss / 1024
 
 
+def host_device_flags(xla_flags: str, n: int) -> str:
+  """`xla_flags` (XLA_FLAGS) splitting the CPU into `n` devices, any earlier count replaced.
+
+  XLA reads it when JAX starts its backend; the devices share the host's cores.
+  """
+  flag = "--xla_force_host_platform_device_count"
+  return " ".join([*(f for f in xla_flags.split() if not f.startswith(f"{flag}=")), f"{flag}={n}"])
+
+
 def cores() -> int:
   """The cores this process may run on: XLA's CPU thread pool uses them all."""
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

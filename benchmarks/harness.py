@@ -5,8 +5,10 @@ over `tuning.schedule.make_optimizer`, state replicated and batch sharded over e
 device, state donated) from random weights, and runs on one device-resident random
 batch, so the numbers are the step's alone, without the input pipeline. `DIR/bench.jsonl`
 gets one row per measurement, `DIR/bench.md` the table with the JAX/torch ratio,
-`DIR/bench.png` images/s against depth. `--sweep` measures whole depth sweeps of
-real training runs instead (benchmarks/sweep_cost.py).
+`DIR/bench.png` images/s against depth. `--devices 1,2,4` measures the JAX rows once
+per device count, data-parallel, and adds a scaling table. `--sweep` measures whole
+depth sweeps of real training runs instead (benchmarks/sweep_cost.py), `--pipeline`
+the step fed by the real input pipeline (benchmarks/pipeline.py).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
-from benchmarks import common, sweep_cost
+from benchmarks import common, pipeline, sweep_cost
 from tuning import allocator
+from tuning import augment as augment_lib
 from tuning import config as config_lib
 from tuning import depth, models, schedule, train
 
@@ -62,18 +65,50 @@ def _runner(compiled, state, arg, threads_state: bool) -> Callable[[int], None]:
   return run_steps
 
 
+def _training_loop(compiled, state, next_batch: Callable[[], dict]) -> Callable[[int], None]:
+  """`run_steps` as `tuning train`'s loop runs them: each step on `next_batch()`, the host
+  waiting on the previous step's loss once the next is dispatched (one step in flight)."""
+  def run_steps(k: int) -> None:
+    nonlocal state
+    previous = None
+    for _ in range(k):
+      state, metrics = compiled(state, next_batch())
+      if previous is not None:
+        float(previous)
+      previous = metrics["loss"]
+    jax.block_until_ready(state)
+  return run_steps
+
+
+def _put_batches(batches: Iterator[dict], sharding) -> Callable[[int], None]:
+  """`run_steps` that only take k batches from the pipeline onto the devices: its own rate."""
+  def run_steps(k: int) -> None:
+    jax.block_until_ready([jax.device_put(next(batches), sharding) for _ in range(k)])
+  return run_steps
+
+
 def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, repeats: int,
-             steps: int) -> Iterator[dict]:
-  """One row per scheme, each step compiled ahead of time to time the compile alone."""
-  model = models.create(arch, NUM_CLASSES)
+             steps: int, devices: int | None = None, feed: pipeline.Feed | None = None
+             ) -> Iterator[dict]:
+  """One row per scheme, each step compiled ahead of time to time the compile alone.
+
+  `devices`: the mesh spans the first that many devices (None: all), the batch
+  split across them. `feed`: real training data; each (train) scheme is then
+  measured twice in `tuning train`'s loop, on one resident batch of it and fed by
+  its input pipeline (the row's `fed`), and the pipeline alone is timed beside.
+  """
+  model = models.create(arch, feed.num_classes if feed else NUM_CLASSES)
   block_names = type(model).block_names
   # `unsafe_rbg`: random weights like any other, and an init that compiles 3-4x faster.
   variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, size, size, 3)), train=False))(
       jax.random.key(0, impl="unsafe_rbg"))
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  available = jax.devices()
+  if devices is not None and devices > len(available):
+    raise ValueError(f"{devices} devices asked for, {len(available)} available: {available}")
+  mesh = Mesh(np.asarray(available[:devices]), ("data",))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   rng = np.random.default_rng(0)
-  data = jax.device_put({
+  data = jax.device_put(next(feed.batches()) if feed else {
       "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
       "label": rng.integers(0, NUM_CLASSES, batch, dtype=np.int32)}, sharded)
   config = config_lib.defaults()
@@ -83,6 +118,7 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
     if scheme.trainable_from is None:
       step, arg, trainable = jax.jit(train.make_eval_step(model)), data["image"], 0
       state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+      fresh_state = lambda state=state: jax.device_put(state, replicated)
     else:
       mults = schedule.multipliers(variables["params"], block_names, scheme.trainable_from,
                                    head_lr_mult=config.head_lr_mult)
@@ -96,30 +132,45 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
                                            start=cached_from), donate_argnums=0)
       # Copied, since the donated step consumes its state; in one jit, not op by op
       # (eagerly, every parameter shape would compile its own small program).
-      state = jax.jit(lambda v, tx=tx: train.create_train_state(jax.tree.map(jnp.copy, v), tx))(
-          variables)
+      copy = jax.jit(lambda v, tx=tx: train.create_train_state(jax.tree.map(jnp.copy, v), tx))
+      fresh_state = lambda copy=copy: jax.device_put(copy(variables), replicated)
       arg, trainable = data, schedule.count_trainable(variables["params"], mults)
       if cached_from:  # the frozen blocks' output on the batch, as the feature cache holds it
         trunk = jax.jit(lambda v, x, k=cached_from: model.apply(v, x, stop=k))
         arg = {**data, "image": trunk(variables, data["image"])}
-    state = jax.device_put(state, replicated)
+    state = fresh_state()
     start = time.perf_counter()
     compiled = step.lower(state, arg).compile()
     compile_s = time.perf_counter() - start
-    speed = common.images_per_second(
-        _runner(compiled, state, arg, scheme.trainable_from is not None), batch, repeats, steps)
     flops = xla_flops(compiled)
-    flops_per_img = None if flops is None else flops / batch
+    # XLA counts one device's program, which sees batch / devices images.
+    flops_per_img = None if flops is None else flops * mesh.size / batch
     memory = compiled.memory_analysis()
-    yield {
-        "framework": "jax", "model": arch, "scheme": scheme.name, "batch": batch, "size": size,
-        **speed, "trainable_params": trainable, "compile_s": compile_s,
-        "flops_per_img": flops_per_img,
-        "gflops_achieved": None if flops is None else flops_per_img * speed["img_per_s"] / 1e9,
-        "matmul_peak_gflops": peak, "peak_rss_mb": common.peak_rss_mb(), "peak_rss_scope": scope,
-        "xla_temp_mb": None if memory is None else memory.temp_size_in_bytes / 2**20,
-        "threads": common.cores(), "devices": jax.device_count(),
-        "device_kind": jax.devices()[0].device_kind}
+
+    def row(speed: dict, **fields) -> dict:
+      return {
+          "framework": "jax", "model": arch, "scheme": scheme.name, "batch": batch, "size": size,
+          **fields, **speed, "trainable_params": trainable, "compile_s": compile_s,
+          "flops_per_img": flops_per_img,
+          "gflops_achieved": None if flops is None else flops_per_img * speed["img_per_s"] / 1e9,
+          "matmul_peak_gflops": peak, "peak_rss_mb": common.peak_rss_mb(),
+          "peak_rss_scope": scope,
+          "xla_temp_mb": None if memory is None else memory.temp_size_in_bytes / 2**20,
+          "threads": common.cores(), "devices": mesh.size,
+          "device_kind": mesh.devices.flat[0].device_kind}
+
+    if feed is None:
+      yield row(common.images_per_second(
+          _runner(compiled, state, arg, scheme.trainable_from is not None), batch, repeats, steps))
+      continue
+    yield row(common.images_per_second(_training_loop(compiled, state, lambda: arg), batch,
+                                       repeats, steps), fed="resident")
+    batches = feed.batches()  # only now, so that no pipeline ran while the resident batch did
+    fed = common.images_per_second(_training_loop(
+        compiled, fresh_state(), lambda: jax.device_put(next(batches), sharded)),
+                                   batch, repeats, steps)
+    alone = common.images_per_second(_put_batches(batches, sharded), batch, repeats, steps)
+    yield row(fed, fed="pipeline", pipeline_alone_img_per_s=alone["img_per_s"])
 
 
 def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: dict
@@ -136,28 +187,56 @@ def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: 
   for row in produced:
     row.update(loadavg_1m=os.getloadavg()[0], malloc_keeps_freed=keeps_freed,
                date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
-    print(f"{framework:>5} {arch} {row['scheme']}: {row['img_per_s']:.1f} img/s",
+    where = (f" on {_devices(row['devices'])}" if "devices" in settings else "") + (
+        f" fed by {row['fed']}" if "fed" in row else "")
+    print(f"{framework:>5} {arch} {row['scheme']}{where}: {row['img_per_s']:.1f} img/s",
           file=sys.stderr, flush=True)
     rows.append(row)
   return rows
 
 
-def _in_fresh_process(fn: Callable, *args):
+def _set_environ(environ: dict[str, str]) -> None:
+  os.environ.update(environ)
+
+
+def in_fresh_process(fn: Callable, *args, environ: dict[str, str] | None = None):
   """`fn(*args)` in a new interpreter, so that no measurement shares a process with another
-  framework or model: their memory peaks and thread pools stay apart."""
+  framework or model: their memory peaks and thread pools stay apart. `environ` is set
+  there first, before JAX starts its backend (which reads XLA_FLAGS then, once)."""
   context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_set_environ,
+                                              initargs=(environ or {},)) as pool:
     return pool.submit(fn, *args).result()
 
 
+def _backend() -> tuple[str, int]:
+  return jax.default_backend(), jax.device_count()
+
+
+def device_platform(counts: Sequence[int]) -> str:
+  """The platform the JAX rows run on, asked of a fresh process (here, an accelerator's
+  backend would keep its memory from the measurements); ValueError if it has fewer than
+  `max(counts)` devices. On CPU any count goes: XLA splits the host into that many."""
+  platform, available = in_fresh_process(_backend)
+  if platform != "cpu" and max(counts) > available:
+    raise ValueError(f"--devices {max(counts)}: this machine has {available} {platform} "
+                     f"device(s); expected counts up to {available}")
+  return platform
+
+
 def run(archs: Sequence[str], schemes: Sequence[str] | None, *, batch: int, size: int, out: str,
-        repeats: int, steps: int, with_torch: bool = True) -> list[dict]:
+        repeats: int, steps: int, with_torch: bool = True, devices: Sequence[int] | None = None,
+        platform: str | None = None) -> list[dict]:
   """Measures every model and scheme in JAX, then in torch; writes bench.{jsonl,md,png} to `out`.
 
   Each framework and model runs in its own process (`measure`), one after the
   other. JAX runs first so that torch rows can carry XLA's flop count of the same
   step (`flops_per_img`; the arithmetic is the same) and with it their GFLOP/s.
   `schemes`: names as `common.scheme_names` gives them; None is all of them.
+  `devices`: device counts to measure the JAX rows at, data-parallel, each count in
+  processes of its own (on CPU fake devices, set by XLA_FLAGS there), `batch` the
+  global batch, divisible by each; `platform`: `device_platform(devices)`, asked when
+  None. Without `devices`, the JAX rows run once, on every device.
   Returns the rows; bench.jsonl is rewritten, one line per measurement.
   """
   os.makedirs(out, exist_ok=True)
@@ -174,24 +253,31 @@ def run(archs: Sequence[str], schemes: Sequence[str] | None, *, batch: int, size
   context = {"jax_version": jax.__version__,
              "torch_version": torch_peer.torch.__version__ if torch_peer else None,
              **settings, **common.machine()}
+  if devices and platform is None:
+    platform = device_platform(devices)
+  counts = sorted(set(devices)) if devices else [None]
   rows, flops = [], {}
   for framework in ("jax", "torch") if torch_peer else ("jax",):
     for arch in archs:
       if framework == "torch" and arch not in torch_peer.ARCHITECTURES:
         notes.append(f"No torch peer for {arch} yet.")
         continue
-      for row in _in_fresh_process(measure, framework, arch, schemes, settings):
-        if framework == "jax":
-          flops[arch, row["scheme"]] = row["flops_per_img"]
-        else:
-          per_img = flops.get((arch, row["scheme"]))
-          row.update(flops_per_img=per_img, gflops_achieved=None if per_img is None
-                     else per_img * row["img_per_s"] / 1e9)
-        row.update(context)
-        train.append_result(path, row)
-        rows.append(row)
+      for count in counts if framework == "jax" else [None]:
+        environ = {"XLA_FLAGS": common.host_device_flags(os.environ.get("XLA_FLAGS", ""), count)
+                   } if count and platform == "cpu" else None
+        counted = settings if count is None else {**settings, "devices": count}
+        for row in in_fresh_process(measure, framework, arch, schemes, counted, environ=environ):
+          if framework == "jax":  # the fewest devices': torch rows compare with those
+            flops.setdefault((arch, row["scheme"]), row["flops_per_img"])
+          else:
+            per_img = flops.get((arch, row["scheme"]))
+            row.update(flops_per_img=per_img, gflops_achieved=None if per_img is None
+                       else per_img * row["img_per_s"] / 1e9)
+          row.update(context)
+          train.append_result(path, row)
+          rows.append(row)
   write_markdown(rows, os.path.join(out, MARKDOWN), notes)
-  plot(rows, os.path.join(out, PLOT))
+  plot(_at_fewest_devices(rows), os.path.join(out, PLOT))
   return rows
 
 
@@ -199,7 +285,17 @@ def _by_key(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict]:
   return {(r["framework"], r["model"], r["scheme"]): r for r in rows}
 
 
-def _speed(row: dict | None) -> str:
+def _at_fewest_devices(rows: Sequence[dict]) -> list[dict]:
+  """The torch rows and the JAX rows at the fewest devices: one row per framework and scheme."""
+  fewest = min((r["devices"] for r in rows if r["framework"] == "jax"), default=None)
+  return [r for r in rows if r["framework"] != "jax" or r["devices"] == fewest]
+
+
+def _devices(n: int) -> str:
+  return f"{n} device{'s' if n > 1 else ''}"
+
+
+def speed_cell(row: dict | None) -> str:
   if row is None:
     return "—"
   return f"{row['img_per_s']:.1f} ({row['img_per_s_min']:.1f}–{row['img_per_s_max']:.1f})"
@@ -224,8 +320,9 @@ def table(rows: Sequence[dict]) -> str:
       achieved = (f"{jax_row['gflops_achieved']:.1f} "
                   f"({100 * jax_row['gflops_achieved'] / jax_row['matmul_peak_gflops']:.0f} %)")
     lines.append("| " + " | ".join([
-        model, scheme, f"{any_row['trainable_params']:,}", _speed(jax_row), _speed(torch_row),
-        _num(ratio, "{:.2f}"), _num(jax_row and jax_row["compile_s"], "{:.1f}"),
+        model, scheme, f"{any_row['trainable_params']:,}", speed_cell(jax_row),
+        speed_cell(torch_row), _num(ratio, "{:.2f}"),
+        _num(jax_row and jax_row["compile_s"], "{:.1f}"),
         _num(any_row["flops_per_img"] and any_row["flops_per_img"] / 1e9, "{:.3f}"), achieved,
         " / ".join(_num(r and r["peak_rss_mb"], "{:.0f}") for r in (jax_row, torch_row)),
         " / ".join(_num(r and r["minor_faults_per_step"], "{:,.0f}") for r in (jax_row, torch_row)),
@@ -251,12 +348,42 @@ def versus_forward(rows: Sequence[dict]) -> list[str]:
   return lines
 
 
+def scaling(rows: Sequence[dict]) -> list[str]:
+  """Data-parallel scaling, when the JAX rows ran at several device counts: per model and
+  scheme, img/s at each count and the speed-up over the fewest; else nothing."""
+  measured = [r for r in rows if r["framework"] == "jax"]
+  counts = sorted({r["devices"] for r in measured})
+  if len(counts) < 2:
+    return []
+  by_count = {(r["model"], r["scheme"], r["devices"]): r for r in measured}
+  lines = [
+      "## Data-parallel scaling", "",
+      f"JAX rows at {', '.join(map(str, counts))} {measured[0]['device_kind']} devices, each "
+      f"count in processes of its own: state replicated, the global batch of "
+      f"{measured[0]['batch']} split across the devices."
+      + (f" These are fake devices (`--xla_force_host_platform_device_count`) sharing the same "
+         f"{measured[0]['cores_used']} cores: no hardware is added, so this measures what "
+         "partitioning the step costs, and a speed-up is cores one device left idle."
+         if measured[0]["device_kind"] == "cpu" else ""), "",
+      "| model | scheme | " + " | ".join(f"img/s, {_devices(n)}" for n in counts) + " | "
+      + " | ".join(f"speed-up, {_devices(n)} vs {counts[0]}" for n in counts[1:]) + " |",
+      "|" + "---|" * (1 + 2 * len(counts))]
+  for model, scheme in dict.fromkeys((r["model"], r["scheme"]) for r in measured):
+    speeds = [by_count.get((model, scheme, n)) for n in counts]
+    base = speeds[0]
+    lines.append("| " + " | ".join([model, scheme, *map(speed_cell, speeds), *(
+        _num(r and base and r["img_per_s"] / base["img_per_s"], "{:.2f}") for r in speeds[1:])])
+                 + " |")
+  return lines
+
+
 def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -> None:
+  """The bench table at the fewest devices, and the scaling table when several were measured."""
+  loads, scaled, rows = [r["loadavg_1m"] for r in rows], scaling(rows), _at_fewest_devices(rows)
   first = rows[0]
   peaks = {r["framework"]: r["matmul_peak_gflops"] for r in rows}
   versions = ", ".join(f"{name} {first[f'{name}_version']}" for name in ("jax", "torch")
                        if first[f"{name}_version"])
-  loads = [r["loadavg_1m"] for r in rows]
   text = "\n".join([
       "# tuning bench", "",
       f"{first['date'][:10]}, {first['cpu']}, {first['cores_used']} of {first['cpu_count']} cores "
@@ -266,7 +393,8 @@ def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -
       f"{common.WARMUP_STEPS} warm-up steps. float32 2048² matmul peak: " + ", ".join(
           f"{'JAX' if fw == 'jax' else fw} {gflops:.0f} GFLOP/s" for fw, gflops in peaks.items())
       + f". 1-min load average during the run: {min(loads):.1f}–{max(loads):.1f}.", "",
-      table(rows), "", *versus_forward(rows), *(["", *notes] if notes else []), ""])
+      table(rows), "", *versus_forward(rows), *(["", *notes] if notes else []),
+      *(["", *scaled] if scaled else []), ""])
   with open(path, "w", encoding="utf-8") as f:
     f.write(text)
 
@@ -320,6 +448,10 @@ def _positive(text: str) -> int:
   return value
 
 
+def _counts(text: str) -> list[int]:
+  return sorted({_positive(name) for name in _names(text)})
+
+
 def main(argv: Sequence[str]) -> int:
   parser = _Parser(prog="tuning bench", description=__doc__.splitlines()[0])
   parser.add_argument("--models", type=_names, default="mobilenet_v2,resnet18",
@@ -341,12 +473,32 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--epochs", type=_positive, default=3, help="--sweep: epochs per run")
   parser.add_argument("--train-fraction", type=float, default=0.25,
                       help="--sweep: fraction of the training split (default: %(default)s)")
+  parser.add_argument("--devices", type=_counts, default=None,
+                      help="comma-separated device counts, e.g. 1,2,4: the JAX rows once per "
+                           "count, data-parallel (on CPU fake devices sharing its cores), "
+                           "--batch the global batch; adds a scaling table")
+  parser.add_argument("--pipeline", action="store_true",
+                      help="instead: each train step fed by the real input pipeline "
+                           "(PneumoniaMNIST from $TUNING_DATA_DIR) against one resident batch "
+                           "(benchmarks/pipeline.py); writes pipeline.{jsonl,md}")
+  parser.add_argument("--augment", default="",
+                      help="--pipeline: comma list of tuning/augment.py OPS, on the fly")
   args = parser.parse_args(argv)
   unknown = [arch for arch in args.models if arch not in models.ARCHITECTURES]
   if unknown or not args.models:
     parser.error(f"--models: unknown {unknown}; expected some of {sorted(models.ARCHITECTURES)}")
   if args.size < 32:
     parser.error(f"--size {args.size}: expected >= 32 (the networks downsample 32x)")
+  if args.sweep and args.pipeline:
+    parser.error("--sweep, --pipeline: expected one of them")
+  if args.devices and (args.sweep or args.pipeline):
+    parser.error("--devices: measures the train step alone, not with --sweep or --pipeline")
+  if args.augment and not args.pipeline:
+    parser.error("--augment: only with --pipeline")
+  for count in args.devices or ():
+    if args.batch % count:
+      parser.error(f"--batch {args.batch} is not divisible by --devices {count}: the global "
+                   "batch is split evenly across the devices")
   if args.sweep:
     missing = [arch for arch in args.models if not sweep_cost.has_weights(arch)]
     if missing:
@@ -373,8 +525,31 @@ def main(argv: Sequence[str]) -> int:
       if not any(common.applies(name, b) for b in blocks):
         parser.error(f"--schemes: {name!r} applies to none of {args.models}; expected one of "
                      + ", ".join(dict.fromkeys(n for b in blocks for n in common.scheme_names(b))))
+  if args.pipeline:
+    unfed = [name for name in args.schemes or () if name in pipeline.NOT_FED]
+    if unfed:
+      parser.error(f"--pipeline --schemes: {unfed} take no image batches; expected train steps "
+                   "(head, head+clip, from:<block>, all)")
+    try:
+      augment_lib.parse(args.augment)
+    except ValueError as e:
+      parser.error(f"--augment: {e}")
+    if problem := pipeline.missing_data():
+      parser.error(f"--pipeline: {problem}")
+    pipeline.run(args.models, args.schemes, batch=args.batch, size=args.size,
+                 augment=args.augment, repeats=args.repeats, steps=args.steps, out=args.out)
+    with open(os.path.join(args.out, pipeline.MARKDOWN), encoding="utf-8") as f:
+      print(f.read())
+    return 0
+  platform = None
+  if args.devices:
+    try:
+      platform = device_platform(args.devices)
+    except ValueError as e:
+      parser.error(str(e))
   run(args.models, args.schemes, batch=args.batch, size=args.size, out=args.out,
-      repeats=args.repeats, steps=args.steps, with_torch=not args.no_torch)
+      repeats=args.repeats, steps=args.steps, with_torch=not args.no_torch, devices=args.devices,
+      platform=platform)
   with open(os.path.join(args.out, MARKDOWN), encoding="utf-8") as f:
     print(f.read())
   return 0

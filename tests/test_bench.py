@@ -13,11 +13,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 
-from benchmarks import common, harness, torch_peer
+from benchmarks import common, harness, pipeline, torch_peer
 from tuning import models
+from tuning.datasets import medmnist
 
 TUNING = pathlib.Path(sys.executable).parent / "tuning"
 SCHEMES = ["forward", "head", "from:layer4"]  # `all` would compile 2-3 s longer
@@ -26,6 +28,7 @@ EVERY_ROW = ("framework", "model", "scheme", "batch", "size", "img_per_s", "img_
              "peak_rss_mb", "minor_faults_per_step", "trainable_params", "devices", "threads", "jax_version",
              "torch_version", "platform", "cpu_count", "date")
 JAX_ROW = ("compile_s", "xla_temp_mb", "device_kind")
+TINY = {"batch": 4, "size": 32, "repeats": 1, "steps": 1}  # with mobilenet_v1_0.25: quick to compile
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,9 @@ def test_flops_grow_with_depth(bench):
 
 def test_markdown_has_a_ratio_for_every_scheme(bench):
   out, _ = bench
-  lines = (out / "bench.md").read_text().splitlines()
+  text = (out / "bench.md").read_text()
+  assert "scaling" not in text  # one device count: no scaling table
+  lines = text.splitlines()
   header = next(line for line in lines if line.startswith("| model"))
   ratio = [c.strip() for c in header.split("|")].index("JAX/torch")
   body = [line.split("|") for line in lines if line.startswith("| resnet18")]
@@ -145,3 +150,85 @@ def test_torch_peer_step_trains_only_above_the_boundary():
   for key in before:
     if key.endswith(("running_mean", "running_var")) or key.startswith("head."):
       assert torch.equal(before[key], after[key]) != key.startswith(("layer4.", "head.")), key
+
+
+def test_devices_measure_each_count_and_add_a_scaling_table(tmp_path):
+  """JAX rows at 1 and 2 devices (fake CPU ones, each count in its own process)."""
+  rows = harness.run(["mobilenet_v1_0.25"], ["head"], out=str(tmp_path), with_torch=False,
+                     devices=[2, 1], **TINY)
+  assert [(r["scheme"], r["devices"]) for r in rows] == [("head", 1), ("head", 2)]
+  assert [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()] == rows
+  for row in rows:
+    assert not [k for k in EVERY_ROW + JAX_ROW if k != "torch_version" and row.get(k) is None]
+  # XLA counts one device's program: per image, the partitioned step is the same work.
+  assert rows[1]["flops_per_img"] == pytest.approx(rows[0]["flops_per_img"], rel=0.25)
+  text = (tmp_path / "bench.md").read_text()
+  assert text.count("| mobilenet_v1_0.25 | head |") == 2  # the main table at 1 device, scaling
+  header, _, line = [[cell.strip() for cell in l.split("|")[1:-1]] for l in
+                     text.split("## Data-parallel scaling")[1].splitlines() if l.startswith("|")]
+  assert header == ["model", "scheme", "img/s, 1 device", "img/s, 2 devices",
+                    "speed-up, 2 devices vs 1"]
+  assert float(line[4]) == pytest.approx(rows[1]["img_per_s"] / rows[0]["img_per_s"], abs=0.01)
+
+
+def test_host_device_flags_replace_an_earlier_count_and_keep_other_flags():
+  flags = common.host_device_flags(
+      "--xla_force_host_platform_device_count=8 --xla_cpu_use_thunk_runtime=false", 2)
+  assert flags.split() == ["--xla_cpu_use_thunk_runtime=false",
+                           "--xla_force_host_platform_device_count=2"]
+  assert common.host_device_flags("", 4) == "--xla_force_host_platform_device_count=4"
+
+
+def _pneumonia_like(directory):
+  """A tiny file in PneumoniaMNIST's layout, under its name: 16 gray images per split."""
+  rng = np.random.default_rng(0)
+  np.savez(directory / "pneumoniamnist.npz", **{
+      f"{split}_{key}": value for split in medmnist.SPLITS for key, value in (
+          ("images", rng.integers(0, 256, (16, 28, 28), np.uint8)),
+          ("labels", (np.arange(16) % 2).astype(np.uint8)[:, None]))})
+
+
+def test_pipeline_measures_each_step_resident_and_fed(tmp_path, monkeypatch):
+  data, out = tmp_path / "data", tmp_path / "out"
+  data.mkdir()
+  _pneumonia_like(data)
+  monkeypatch.setenv("TUNING_DATA_DIR", str(data))  # the measuring process inherits it
+  rows = pipeline.run(["mobilenet_v1_0.25"], ["head"], augment="hflip", out=str(out), **TINY)
+  assert [(r["scheme"], r["fed"]) for r in rows] == [("head", "resident"), ("head", "pipeline")]
+  assert [json.loads(line) for line in (out / "pipeline.jsonl").read_text().splitlines()] == rows
+  for row in rows:
+    assert not [k for k in EVERY_ROW + JAX_ROW if k != "torch_version" and row.get(k) is None]
+    assert row["n_train"] == 16 and row["augment"] == "hflip"
+    assert row["trainable_params"] == 256 * 2 + 2  # the head of PneumoniaMNIST's 2 classes
+  assert rows[1]["pipeline_alone_img_per_s"] > 0
+  line = next(l for l in (out / "pipeline.md").read_text().splitlines()
+              if l.startswith("| mobilenet_v1_0.25 | head |"))
+  ratio = float(line.split("|")[6])
+  assert ratio == pytest.approx(rows[1]["img_per_s"] / rows[0]["img_per_s"], abs=0.01)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--batch", "6", "--devices", "2,4"], ["--batch 6", "--devices 4", "divisible"]),
+    (["--devices", "2", "--pipeline"], ["--devices", "--pipeline"]),
+    (["--pipeline", "--schemes", "forward,head"], ["--pipeline --schemes", "'forward'"]),
+    (["--pipeline"], ["--pipeline", "pneumoniamnist.npz not found", "TUNING_DATA_DIR"]),
+    (["--pipeline", "--augment", "hflip,blur"], ["--augment", "'blur'"]),
+])
+def test_cli_refuses(args, fragments, capsys, tmp_path, monkeypatch):
+  monkeypatch.setenv("TUNING_DATA_DIR", str(tmp_path / "empty"))
+  with pytest.raises(SystemExit) as exit_:
+    harness.main(["--models", "mobilenet_v1_0.25", "--out", str(tmp_path), *args])
+  assert exit_.value.code == 2
+  error = capsys.readouterr().err
+  assert error.startswith("error: ") and all(f in error for f in fragments), error
+  assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_cli_refuses_more_devices_than_an_accelerator_has(capsys, tmp_path, monkeypatch):
+  """On GPU/TPU the devices are real: a count above theirs is an error, before measuring."""
+  monkeypatch.setattr(harness, "in_fresh_process", lambda fn, *args, **kwargs: ("gpu", 2))
+  with pytest.raises(SystemExit) as exit_:
+    harness.main(["--models", "mobilenet_v1_0.25", "--devices", "1,4", "--out", str(tmp_path)])
+  assert exit_.value.code == 2
+  error = capsys.readouterr().err
+  assert "--devices 4" in error and "2 gpu device(s)" in error, error
