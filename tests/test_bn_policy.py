@@ -130,6 +130,22 @@ def test_reestimate_gives_the_exact_moments_of_the_batchnorm_input(variables):
     assert not np.array_equal(new, old)
 
 
+def test_restart_unfrozen_reestimates_only_the_blocks_a_phase_unfreezes(variables):
+  """From the head down to the stem: `block` had trained, the stem is new; neither the
+  block's learnt averages nor anything above them may change."""
+  model = Toy()
+  data = [np.random.default_rng(0).normal(size=(6, SIZE, SIZE, 3)).astype(np.float32) * 3]
+  # Source-like statistics far from the data's, as ImageNet's are from X-rays'.
+  stale = {**variables, "batch_stats": jax.tree.map(lambda s: s + 100.0, variables["batch_stats"])}
+  moments = jax.jit(bn_policy.make_moments(model, trainable_from=0))
+  got = bn_policy.restart_unfrozen(moments, stale, data, jax.random.key(1), Toy.block_names,
+                                   boundary=0, previous=1)
+  want = bn_policy.reestimate(moments, stale, data, jax.random.key(1))
+  chex.assert_trees_all_equal(got["stem"], want["stem"])
+  chex.assert_trees_all_equal(got["block"], stale["batch_stats"]["block"])
+  assert np.abs(got["stem"]["bn"]["var"] - stale["batch_stats"]["stem"]["bn"]["var"]).min() > 1
+
+
 def count_convolutions(fn, *args):
   return jax.jit(fn).lower(*args).compile().as_text().count("convolution(")
 

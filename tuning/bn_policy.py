@@ -117,3 +117,22 @@ def reestimate(moments: Callable[[dict, jax.Array, jax.Array], dict], variables:
                                   "var": (t["m2"] / count).astype(np.float32)},
                        total, is_leaf=_is_moments)
   return {**variables["batch_stats"], **stats}
+
+
+def restart_unfrozen(moments: Callable[[dict, jax.Array, jax.Array], dict], variables: dict,
+                     batches: Iterable[jax.Array], rng: jax.Array, block_names: tuple[str, ...],
+                     *, boundary: int, previous: int) -> dict:
+  """`batch_stats` with the blocks a phase unfreezes, `boundary` up to `previous`, re-estimated.
+
+  Under `train_all` or `train_stats_frozen_affine`, a block unfrozen late (gradual
+  unfreezing, LP-FT, `auto`) still holds the source data's running averages, and
+  the few epochs left at momentum 0.1 only dilute them: after 30 steps 4 % remain,
+  which still dominates channels whose target variance is far smaller (the stem on
+  grayscale X-rays: ImageNet's variances are up to 1,585x the X-rays'), so that
+  evaluation normalises unlike training. Starting them from the target's
+  statistics (`reestimate`) removes that; the blocks above keep what they learnt.
+  `moments` must cover blocks from `boundary` (`make_moments(trainable_from=boundary)`).
+  """
+  stats = reestimate(moments, variables, batches, rng)
+  return {**variables["batch_stats"],
+          **{b: stats[b] for b in block_names[boundary:previous] if b in stats}}

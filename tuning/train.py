@@ -213,11 +213,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reestimate = config.bn_policy == bn_policy.REESTIMATE and "batch_stats" in variables
   bn_rng = jax.random.split(dropout_rng)[1]
   real_rows = lambda batches: (batch["image"][batch["mask"]] for batch in batches)
+  train_images = lambda: real_rows(input_pipeline.eval_batches(
+      train_split, batch_size=config.batch_size, image_size=config.image_size,
+      preprocess=preprocess))
   if reestimate:
     variables = {**variables, "batch_stats": bn_policy.reestimate(
-        jax.jit(bn_policy.make_moments(model)), variables, real_rows(input_pipeline.eval_batches(
-            train_split, batch_size=config.batch_size, image_size=config.image_size,
-            preprocess=preprocess)), jax.random.fold_in(bn_rng, 0))}
+        jax.jit(bn_policy.make_moments(model)), variables, train_images(),
+        jax.random.fold_in(bn_rng, 0))}
 
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -298,6 +300,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state_at(progress["best_epoch"])))
         state = {**state, "params": restored["params"], "batch_stats": restored["batch_stats"]}
       state = {**state, "opt_state": optimizers[index][1].init(state["params"])}
+      if bn_policy.updates_stats(config.bn_policy) and state["batch_stats"]:
+        # The blocks it unfreezes start from the target's statistics (bn_policy.restart_unfrozen).
+        boundary = phases[index].trainable_from
+        state = {**state, "batch_stats": jax.device_put(bn_policy.restart_unfrozen(
+            jax.jit(bn_policy.make_moments(model, trainable_from=boundary)),
+            model_variables(state), train_images(), jax.random.fold_in(bn_rng, total + index),
+            block_names, boundary=boundary, previous=phases[holds].trainable_from), replicated)}
       holds = index
     if index != running:
       run, running = enter(index, state), index
