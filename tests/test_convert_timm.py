@@ -15,7 +15,8 @@ import pytest
 
 import imagenet_samples
 import test_resnet50_densenet
-from test_convert_torchvision import _logits_of_both, _random_model, _torchvision_models
+from test_convert_torchvision import (_assert_logits_match, _logits_of_both, _random_model,
+                                      _torchvision_models)
 from test_vgg import _CFGS, _NARROW, _torch_vgg, narrow  # noqa: F401 (fixture)
 from tuning.convert import ConversionError, from_timm, from_torchvision
 from tuning.preprocess import MINUS_ONE_TO_ONE, TORCHVISION, Preprocess
@@ -194,26 +195,14 @@ def resnet18_file(torch, tmp_path_factory):
                                                 ("mobilenet_v1_1.0", MINUS_ONE_TO_ONE)],
                          ids=lambda v: getattr(v, "name", v))
 def test_efficientnet_builder_logits_match_timm_layout(tmp_path, torch, arch, preprocess):
-  """MobileNet V1 takes PyTorch's padding (`same_padding=False`), not TF-slim's.
-
-  The conv kernels are He's (fan-in; a depthwise kernel's is k*k): through
-  dozens of convs at torch's default scale, a sixth of that variance, the
-  image's share of the logits falls to 1e-7, and only the BatchNorm offsets
-  would be compared.
-  """
+  """MobileNet V1 takes PyTorch's padding (`same_padding=False`), not TF-slim's."""
   reference = _random_model(torch, arch, 1000, references=_timm_models)
-  with torch.no_grad():
-    for module in reference.modules():
-      if isinstance(module, torch.nn.Conv2d):
-        module.weight.normal_(0, (2 / module.weight[0].numel()) ** 0.5)
   model, variables, got_preprocess = from_timm(
       arch, _save(reference.state_dict(), tmp_path / "model.safetensors"))
   assert model.num_classes == 1000 and got_preprocess == preprocess
   # 56 px: odd feature maps reach the stride-2 convs, and even ones, where SAME
   # padding would differ.
-  got, want = _logits_of_both(torch, reference, model, variables, 56, 56)
-  assert np.abs(want[0] - want[1]).max() > 1e-3  # the logits depend on the image
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+  _assert_logits_match(torch, reference, model, variables, 56, 56)
 
 
 # timm's ResNet and DenseNet are torchvision's modules under torchvision's names, so

@@ -102,8 +102,12 @@ def _logits_of_both(torch, reference, model, variables, height, width):
   with torch.no_grad():
     want = reference(x).numpy()
   got = np.asarray(_predict(model, variables, x.permute(0, 2, 3, 1).numpy()))
+  image_effect = np.abs(want[0] - want[1]).max()
   print(f"{type(model).__name__} {height}x{width}: max |logit diff| = "
-        f"{np.abs(got - want).max():.2e}, max |logit| = {np.abs(want).max():.1f}")
+        f"{np.abs(got - want).max():.2e}, max |logit| = {np.abs(want).max():.1f}, "
+        f"image effect {image_effect:.2e}")
+  # Else a parity check at 1e-4 would compare little more than the biases.
+  assert image_effect > 1e-3, f"the reference's logits hardly depend on the image ({image_effect})"
   return got, want
 
 
@@ -115,12 +119,17 @@ def _assert_logits_match(torch, reference, model, variables, height, width):
 def _random_model(torch, arch, num_classes, references=_torchvision_models):
   """A reference model in eval mode whose BatchNorms all matter (random affine and stats).
 
-  `references(torch.nn)` gives the reference model classes by arch.
+  `references(torch.nn)` gives the reference model classes by arch. Conv kernels
+  are He's (fan-in; a depthwise kernel's is k*k): through dozens of convs at
+  torch's default scale, a sixth of that variance, the image's share of the
+  logits falls to 1e-7.
   """
   torch.manual_seed(0)
   model = references(torch.nn)[arch](num_classes)
   with torch.no_grad():
     for m in model.modules():
+      if isinstance(m, torch.nn.Conv2d):
+        m.weight.normal_(0, (2 / m.weight[0].numel()) ** 0.5)
       if isinstance(m, torch.nn.BatchNorm2d):
         m.weight.uniform_(0.5, 1.5)
         m.bias.normal_(0, 0.2)
