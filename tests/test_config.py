@@ -111,6 +111,13 @@ def test_schemes_are_checked_against_the_arch():
   assert "config.scheme:" not in message  # from:layer3 is valid for resnet18
 
 
+def test_a_problem_shared_by_scheme_and_schemes_is_reported_once():
+  """A phased scheme named in both fields fails the same plan check: one line names both."""
+  message = _error(scheme="gradual", schemes=("head", "gradual"), epochs=2)
+  assert message.count("scheme gradual unfreezes") == 1
+  assert "config.scheme and config.schemes: scheme gradual unfreezes" in message
+
+
 def test_every_problem_is_reported_at_once():
   """Fixing one field per run would be slow; one error names them all."""
   message = _error(epochs="3", train_fraction=1.5, scheme="from:block99", epoch=3)

@@ -182,13 +182,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     named = [] if "scheme" in bad else [("scheme", config.scheme)]
     if "schemes" not in bad:
       named += [("schemes", s) for s in config.schemes]
+    failures = {}  # one line per distinct problem, naming each field it came from
     for field, scheme in named:
       try:
         depth.parse_scheme(scheme, blocks)
         if not bad & _PLAN_KEYS:
           phases.plan(config, scheme, blocks)
       except ValueError as e:
-        problems.append(f"config.{field}: {e}")
+        failures.setdefault(str(e), []).append(f"config.{field}")
+    problems += [f"{' and '.join(dict.fromkeys(fields))}: {message}"
+                 for message, fields in failures.items()]
   if "batch_size" not in bad and config.batch_size % jax.device_count():
     problems.append(f"config.batch_size = {config.batch_size}: must be a multiple of the "
                     f"{jax.device_count()} devices the batch is sharded over")
