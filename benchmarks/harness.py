@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import multiprocessing
 import os
 import sys
@@ -128,8 +129,9 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
       if scheme.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(scheme.clip_norm), tx)
       cached_from = scheme.trainable_from if scheme.cached else 0
-      step = jax.jit(train.make_train_step(model, tx, scheme.trainable_from, jax.random.key(1),
-                                           start=cached_from), donate_argnums=0)
+      step = jax.jit(functools.partial(
+          train.make_train_step(model, tx, scheme.trainable_from, start=cached_from),
+          rng=jax.random.key(1)), donate_argnums=0)
       # Copied, since the donated step consumes its state; in one jit, not op by op
       # (eagerly, every parameter shape would compile its own small program).
       copy = jax.jit(lambda v, tx=tx: train.create_train_state(jax.tree.map(jnp.copy, v), tx))

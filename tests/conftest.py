@@ -9,6 +9,12 @@ import urllib.request
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_xla_cache(tmp_path_factory):
+  """CLI processes the tests start compile into a cache of this session, not the user's."""
+  os.environ["TUNING_XLA_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
   """The real MedMNIST files: `$TUNING_DATA_DIR`, else `<repo>/../shared/data`.

@@ -53,13 +53,3 @@ def test_real_glibc_accepts_the_settings():
   # In a child: the settings stay for the life of the process.
   code = "from tuning import allocator; assert allocator.keep_freed_memory()"
   subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_the_cli_sets_it_before_running_a_command(monkeypatch):
-  from tuning import cli  # pylint: disable=import-outside-toplevel
-  calls = []
-  monkeypatch.setattr(cli.allocator, "keep_freed_memory", lambda: calls.append("malloc"))
-  monkeypatch.setattr(cli.app, "run", lambda *args, **kwargs: calls.append("command"))
-  monkeypatch.setattr(cli.sys, "argv", ["tuning", "report", "x"])
-  cli.run()
-  assert calls == ["malloc", "command"]

@@ -1,6 +1,7 @@
 """BatchNorm policies: what a train step changes (dropout still acting), exact re-estimation."""
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import chex
@@ -60,7 +61,8 @@ def setup(model, variables, scheme, policy):
   blocks = type(model).block_names
   parsed = depth.parse_scheme(scheme, blocks)
   mults, tx = train.make_optimizer(config, parsed, variables["params"], blocks, steps_per_epoch=2)
-  make_step = lambda rng: train.make_train_step(model, tx, parsed.trainable_from, rng, bn=policy)
+  make_step = lambda rng: functools.partial(
+      train.make_train_step(model, tx, parsed.trainable_from, bn=policy), rng=rng)
   return mults, train.create_train_state(variables, tx), make_step
 
 

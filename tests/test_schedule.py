@@ -258,7 +258,8 @@ def test_the_real_train_step_honours_a_per_rule_schedule():
   scheme = depth.parse_scheme("from:block5", blocks)
   _, tx = train.make_optimizer(config, scheme, variables["params"], blocks, steps_per_epoch=2,
                                epochs=3)
-  step = jax.jit(train.make_train_step(model, tx, start, jax.random.key(1), start=start))
+  step = jax.jit(functools.partial(train.make_train_step(model, tx, start, start=start),
+                                   rng=jax.random.key(1)))
   rng = np.random.default_rng(0)
   batch = lambda: {"image": jnp.asarray(rng.normal(size=features.shape), jnp.float32),
                    "label": jnp.asarray([0, 1, 0, 1], jnp.int32)}

@@ -1,4 +1,6 @@
 """The jitted train step: frozen blocks stay bit-identical and cost no backward pass."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ def setup(arch, scheme, num_classes=3, size=SIZE, **model_kwargs):
   mults = schedule.multipliers(variables["params"], blocks, trainable_from, head_lr_mult=10.0)
   tx = schedule.make_optimizer(mults, learning_rate=0.05, momentum=0.9, steps_per_epoch=2,
                                decay_per_epoch=0.9)
-  step = train.make_train_step(model, tx, trainable_from, jax.random.key(1))
+  step = functools.partial(train.make_train_step(model, tx, trainable_from), rng=jax.random.key(1))
   return model, train.create_train_state(variables, tx), step, blocks[:trainable_from]
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tuning import allocator, pretrained, report, sweep
+from tuning import allocator, pretrained, report, sweep, xla_cache
 from tuning.convert import converted
 
 # New keys are accepted here so that `config.validate` reports them, with a suggestion.
@@ -99,6 +99,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   allocator.keep_freed_memory()  # before the first step allocates (tuning/allocator.py)
+  xla_cache.enable()
   if sys.argv[1:2] == ["bench"]:  # its own flags (benchmarks/harness.py), no --config
     try:
       from benchmarks import harness  # pylint: disable=import-outside-toplevel  (extra deps)

@@ -122,16 +122,19 @@ def model_variables(state: State) -> dict:
   return {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}
 
 
-def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int, rng: jax.Array,
+def make_train_step(model, tx: optax.GradientTransformation, trainable_from: int,
                     start: int = 0, bn: str = bn_policy.TRAIN_ALL
-                    ) -> Callable[[State, dict], tuple[State, dict]]:
-  """The jittable step; `start > 0`: batches hold what enters block `start` (cached features).
+                    ) -> Callable[[State, dict, jax.Array], tuple[State, dict]]:
+  """The jittable `(state, batch, rng)` step; `start > 0`: batches hold what enters block
+  `start` (cached features).
 
   `bn` is the BatchNorm policy: unless it updates statistics, the model may not
   change `batch_stats`, so trainable blocks normalise with their running averages.
+  `rng` is an argument, not a constant of the program, so that runs differing only
+  in their seed compile the same program (and hit the persistent compilation cache).
   """
   mutable = ["batch_stats"] if bn_policy.updates_stats(bn) else []
-  def train_step(state: State, batch: dict) -> tuple[State, dict]:
+  def train_step(state: State, batch: dict, rng: jax.Array) -> tuple[State, dict]:
     dropout_rng = jax.random.fold_in(rng, state["step"])
 
     def loss_fn(params):
@@ -252,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           directory=workdir, progress=config.progress, desc=f"{name} features")
       cache_s = round((cache_s or 0.0) + time.perf_counter() - cache_start, 2)
     return {"start": start_block, "features": features, "train_step": jax.jit(
-        make_train_step(model, optimizers[index][1], phase.trainable_from, dropout_rng,
+        make_train_step(model, optimizers[index][1], phase.trainable_from,
                         start=start_block, bn=config.bn_policy), donate_argnums=0),
             "trained_moments": jax.jit(bn_policy.make_moments(
                 model, trainable_from=phase.trainable_from, start=start_block)),
@@ -315,7 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar = tqdm(range(steps), desc=f"{name} epoch {epoch}/{total}", leave=False,
                disable=not config.progress)
     for _ in bar:
-      state, metrics = run["train_step"](state, jax.device_put(next(batches), data_sharding))
+      state, metrics = run["train_step"](state, jax.device_put(next(batches), data_sharding),
+                                         dropout_rng)
       losses.append(metrics["loss"])
       if len(losses) > 1:  # waiting on the previous step keeps one step in flight
         bar.set_postfix(loss=f"{float(losses[-2]):.4f}", refresh=False)
