@@ -118,6 +118,17 @@ def test_a_problem_shared_by_scheme_and_schemes_is_reported_once():
   assert "config.scheme and config.schemes: scheme gradual unfreezes" in message
 
 
+@pytest.mark.parametrize("archs, schemes, fragment", [
+    ((("resnet18", "", "torchvision"), ("vgg16", "", "torchvision")), ("head", "from:block9"),
+     "config.schemes: 'from:block9' applies to none of config.archs (resnet18, vgg16)"),
+    ((("resnet19", "", "torchvision"),), ("head",), "unknown arch 'resnet19'"),
+    ((("resnet18", "", "onnx"),), ("head",), "unknown weights_format 'onnx'"),
+    ((("resnet18", "x.pth"),), ("head",), "expected (arch, weights, weights_format) strings"),
+])
+def test_arch_grid_problems_are_named(archs, schemes, fragment):
+  assert fragment in _error(archs=archs, schemes=schemes)
+
+
 def test_every_problem_is_reported_at_once():
   """Fixing one field per run would be slow; one error names them all."""
   message = _error(epochs="3", train_fraction=1.5, scheme="from:block99", epoch=3)

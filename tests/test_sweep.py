@@ -61,3 +61,24 @@ def test_a_run_is_the_same_run_whatever_grid_it_was_part_of():
     changed = config.copy_and_resolve_references()
     changed[key] = value
     assert sweep.run_key(changed) != sweep.run_key(config), key
+
+
+def test_the_grid_crosses_archs_each_with_the_schemes_naming_its_blocks():
+  config = config_lib.defaults()
+  config.archs = (("mobilenet_v2", "mobilenet_v2-b0353104.pth", "torchvision"),
+                  ("resnet18", "", "torchvision"))
+  config.schemes = ("scratch", "head", "from:block4", "from:layer3", "all")
+  config.seeds = (0, 1)
+  config_lib.validate(config)
+  runs = sweep.grid(config)
+  got = [(r.seed, r.arch, r.weights, r.scheme) for r in runs]
+  want = [(seed, arch, weights, scheme)
+          for seed in (0, 1)
+          for arch, weights, own in (("mobilenet_v2", "mobilenet_v2-b0353104.pth", "from:block4"),
+                                     ("resnet18", "", "from:layer3"))
+          for scheme in ("scratch", "head", own, "all")]
+  assert got == want
+  for run in runs:
+    config_lib.validate(run)  # as run_all does: each run's schemes fit its arch
+  assert len({sweep.run_key(r) for r in runs}) == len(runs)
+  assert len({train.run_name(r) for r in runs}) == len(runs)

@@ -11,7 +11,7 @@ import difflib
 import jax
 import ml_collections
 
-from tuning import augment, bn_policy, datasets, depth, models, phases, schedule
+from tuning import augment, bn_policy, datasets, depth, models, phases, pretrained, schedule
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -37,6 +37,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.weights_dir = ""  # "" -> $TUNING_WEIGHTS_DIR, then ~/.cache/tuning/weights
   c.weights_format = "torchvision"  # or "tflite"
   c.pretrained = ""  # a `tuning convert` output dir; if set, used instead of `weights`
+  # what `tuning sweep` runs: ((arch, weights, weights_format), ...), each with the schemes
+  # that name its blocks; () = the arch above
+  c.archs = ()
   c.scheme = "all"  # what `tuning train` runs; see tuning/depth.py
   c.schemes = ("scratch", "head", "from:block6", "from:block4", "all")  # what `tuning sweep` runs
   c.train_fraction = 1.0  # stratified subset of the training split
@@ -145,6 +148,39 @@ _PLAN_KEYS = {"phases", "epochs", "lpft_probe_epochs", "gradual_step", "gradual_
               "gradual_spread", "gradual_warmup_epochs", "gradual_decay", "auto_step", "schedule"}
 
 
+def _arch_grid_problems(archs, schemes) -> list[str]:
+  """What is wrong with `config.archs` and with the schemes it is swept over."""
+  problems, blocks = [], []
+  for entry in archs:
+    if not (isinstance(entry, tuple) and len(entry) == 3 and all(isinstance(x, str) for x in entry)):
+      problems.append(f"config.archs entry {entry!r}: expected (arch, weights, weights_format) "
+                      "strings, weights '' for none")
+    elif entry[0] not in models.ARCHITECTURES:
+      problems.append(f"config.archs entry {entry!r}: unknown arch {entry[0]!r}; expected one "
+                      f"of {sorted(models.ARCHITECTURES)}")
+    elif entry[2] not in pretrained.WEIGHTS_FORMATS:
+      problems.append(f"config.archs entry {entry!r}: unknown weights_format {entry[2]!r}; "
+                      f"expected one of {', '.join(pretrained.WEIGHTS_FORMATS)}")
+    else:
+      blocks.append(type(models.create(entry[0], 1)).block_names)
+  if problems:
+    return problems
+  for scheme in schemes:
+    if not any(applies(scheme, b) for b in blocks):
+      problems.append(f"config.schemes: {scheme!r} applies to none of config.archs "
+                      f"({', '.join(entry[0] for entry in archs)})")
+  return problems
+
+
+def applies(scheme: str, block_names: tuple[str, ...]) -> bool:
+  """Whether `scheme` names a depth of a model with these blocks."""
+  try:
+    depth.parse_scheme(scheme, block_names)
+  except ValueError:
+    return False
+  return True
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming every bad field, what it holds and what is expected."""
   reference = defaults()
@@ -180,7 +216,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       problems.append(f"config.image_size = {config.image_size}: {config.arch} needs at least "
                       f"{min_size} px")
     named = [] if "scheme" in bad else [("scheme", config.scheme)]
-    if "schemes" not in bad:
+    if "schemes" not in bad and not config.archs:  # else checked per arch below
       named += [("schemes", s) for s in config.schemes]
     failures = {}  # one line per distinct problem, naming each field it came from
     for field, scheme in named:
@@ -192,6 +228,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         failures.setdefault(str(e), []).append(f"config.{field}")
     problems += [f"{' and '.join(dict.fromkeys(fields))}: {message}"
                  for message, fields in failures.items()]
+  if "archs" not in bad and config.archs:
+    problems += _arch_grid_problems(config.archs, () if "schemes" in bad else config.schemes)
   if "batch_size" not in bad and config.batch_size % jax.device_count():
     problems.append(f"config.batch_size = {config.batch_size}: must be a multiple of the "
                     f"{jax.device_count()} devices the batch is sharded over")

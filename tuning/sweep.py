@@ -11,7 +11,7 @@ import ml_collections
 from tqdm import tqdm
 
 from tuning import config as config_lib
-from tuning import report, train
+from tuning import models, report, train
 
 @contextlib.contextmanager
 def run_lock(workdir: str, name: str) -> Iterator[bool]:
@@ -44,18 +44,26 @@ def _finished(workdir: str) -> set[str]:
 
 
 def grid(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
-  """One config per run of the sweep: train fraction x seed x scheme, in that nesting.
+  """One config per run of the sweep: train fraction x seed x arch x scheme, in that nesting.
 
-  `config.train_fractions` / `config.seeds` empty means the single `train_fraction` /
-  `seed`. The order is fixed, so `--shard i/n` splits the same list in every process.
+  `config.train_fractions` / `config.seeds` / `config.archs` empty means the single
+  `train_fraction` / `seed` / `arch` (with its `weights`). Across archs, each runs the
+  schemes that name its blocks (`from:block4` is no depth of a ResNet). The order is
+  fixed, so `--shard i/n` splits the same list in every process.
   """
+  archs = config.archs or ((config.arch, config.weights, config.weights_format),)
   runs = []
   for fraction in config.train_fractions or (config.train_fraction,):
     for seed in config.seeds or (config.seed,):
-      for scheme in config.schemes:
-        run = config.copy_and_resolve_references()
-        run.train_fraction, run.seed, run.scheme = fraction, seed, scheme
-        runs.append(run)
+      for arch, weights, weights_format in archs:
+        blocks = type(models.create(arch, 1)).block_names
+        schemes = tuple(s for s in config.schemes if config_lib.applies(s, blocks))
+        for scheme in schemes:
+          run = config.copy_and_resolve_references()
+          run.train_fraction, run.seed, run.scheme = fraction, seed, scheme
+          run.arch, run.weights, run.weights_format = arch, weights, weights_format
+          run.archs, run.schemes = (), schemes
+          runs.append(run)
   return runs
 
 

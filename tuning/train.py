@@ -424,7 +424,8 @@ def versions() -> dict[str, str]:
 
 # Settings that do not change what a run computes: where files are, bars, and the sweep's
 # grid axes (a run is one point of them; its own scheme, fraction and seed do count).
-_NOT_IDENTITY = ("data_dir", "weights_dir", "progress", "schemes", "train_fractions", "seeds")
+_NOT_IDENTITY = ("data_dir", "weights_dir", "progress", "schemes", "train_fractions", "seeds",
+                 "archs")
 
 
 def run_identity(config: ml_collections.ConfigDict | dict) -> dict:
