@@ -26,27 +26,12 @@ training patches (the paper reduced subjects: put them in the file's `split`); o
 and the full training set, as the paper found no drop down to a single patient;
 30 epochs with patience 5.
 """
-from tuning.config import defaults
+from tuning import protocols
 
 
 def get_config():
-  config = defaults()
+  config = protocols.tajbakhsh2016()
   config.dataset = "segmentation:cimt.npz"  # bring your own: --config.dataset=segmentation:PATH
-  config.arch = "alexnet"
-  config.weights = "alexnet-owt-7be5be79.pth"
-  config.weights_format = "torchvision"
-  config.schemes = ("scratch", "FT:only fc8", "FT:fc7-fc8", "FT:fc6-fc8", "FT:conv5-fc8",
-                    "FT:conv4-fc8", "FT:conv3-fc8", "FT:conv2-fc8", "FT:conv1-fc8")
   config.patch_size = 32
   config.boundary_smooth = 5
-  config.image_size = 227
-  config.batch_size = 32
-  config.epochs = 30
-  config.patience = 5
-  config.lr = 0.001
-  config.head_lr_mult = 10.0
-  config.scratch_lr = 0.001
-  config.momentum = 0.9
-  config.lr_decay_per_epoch = 0.95
-  config.bias_lr_mult = 2.0
   return config

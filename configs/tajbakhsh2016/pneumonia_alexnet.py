@@ -18,28 +18,13 @@ convergence); no weight decay (not stated in the paper).
 Not run here: at 227 px a full run of this grid needs a GPU (2-core CPU: hours per run);
 configs/fraction_study.py runs the same question on this machine with MobileNetV2.
 """
-from tuning.config import defaults
+from tuning import protocols
 
 
 def get_config():
-  config = defaults()
+  config = protocols.tajbakhsh2016()
   config.dataset = "pneumoniamnist"
-  config.arch = "alexnet"
-  config.weights = "alexnet-owt-7be5be79.pth"
-  config.weights_format = "torchvision"
-  config.schemes = ("scratch", "FT:only fc8", "FT:fc7-fc8", "FT:fc6-fc8", "FT:conv5-fc8",
-                    "FT:conv4-fc8", "FT:conv3-fc8", "FT:conv2-fc8", "FT:conv1-fc8")
   config.train_fractions = (1.0, 0.5, 0.25)
   config.seeds = (0, 1, 2)
-  config.image_size = 227
-  config.batch_size = 32
-  config.epochs = 30
-  config.patience = 5
-  config.lr = 0.001
-  config.head_lr_mult = 10.0
-  config.scratch_lr = 0.001
-  config.momentum = 0.9
-  config.lr_decay_per_epoch = 0.95
-  config.bias_lr_mult = 2.0
   config.balance = True
   return config

@@ -24,17 +24,12 @@ the CPM; patches are kept at 64 px and resized to 227 per batch, since every can
 subsamples training patches, where the paper removed whole videos (put the videos you keep
 in the file's `split` to reproduce that); 30 epochs with patience 5.
 """
-from tuning.config import defaults
+from tuning import protocols
 
 
 def get_config():
-  config = defaults()
+  config = protocols.tajbakhsh2016()
   config.dataset = "detection:polyps.npz"  # bring your own: --config.dataset=detection:PATH
-  config.arch = "alexnet"
-  config.weights = "alexnet-owt-7be5be79.pth"
-  config.weights_format = "torchvision"
-  config.schemes = ("scratch", "FT:only fc8", "FT:fc7-fc8", "FT:fc6-fc8", "FT:conv5-fc8",
-                    "FT:conv4-fc8", "FT:conv3-fc8", "FT:conv2-fc8", "FT:conv1-fc8")
   config.train_fractions = (1.0, 0.5, 0.25)
   config.seeds = (0, 1, 2)
   config.patch_size = 64
@@ -43,14 +38,4 @@ def get_config():
   config.detection_flips = True
   config.froc_fp_rates = (0.01, 0.1, 1.0)
   config.balance = True
-  config.image_size = 227
-  config.batch_size = 32
-  config.epochs = 30
-  config.patience = 5
-  config.lr = 0.001
-  config.head_lr_mult = 10.0
-  config.scratch_lr = 0.001
-  config.momentum = 0.9
-  config.lr_decay_per_epoch = 0.95
-  config.bias_lr_mult = 2.0
   return config
