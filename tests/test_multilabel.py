@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tuning import config as config_lib
-from tuning import datasets, input_pipeline, report, train
+from tuning import datasets, input_pipeline, report, stats, train
 from tuning.datasets import medmnist
 from tuning.preprocess import MINUS_ONE_TO_ONE
 from tuning.tasks import classification
@@ -118,13 +118,17 @@ def test_the_report_tests_multi_label_macro_auc_by_paired_bootstrap(tmp_path, nu
   assert not list(tmp_path.glob("*-roc.png")) and list(tmp_path.glob("*-depth.png"))
 
 
-def test_resampled_rows_carry_their_labels_to_the_metric():
+def test_bootstraps_resample_label_rows_within_their_rarest_label():
   labels = _split(40, 1).labels
   probs = np.random.default_rng(0).random(labels.shape)
-  strata, packed, metric = report._auc_resampling(labels, probs)  # pylint: disable=protected-access
-  np.testing.assert_array_equal(strata, medmnist.strata(labels))
-  index = np.random.default_rng(1).choice(40, 40)
-  assert metric(strata[index], packed[index]) == classification.roc_auc(labels[index], probs[index])
+  strata = medmnist.strata(labels)
+  for index in stats._resamples(strata, 5, seed=0):  # pylint: disable=protected-access
+    np.testing.assert_array_equal(np.bincount(strata[index]), np.bincount(strata))
+  # The metric sees each resampled image's own label row with its scores.
+  got = stats.bootstrap_ci(labels, probs, classification.roc_auc, samples=20, strata=strata)
+  values = [classification.roc_auc(labels[i], probs[i])
+            for i in stats._resamples(strata, 20, seed=0)]  # pylint: disable=protected-access
+  np.testing.assert_allclose(got, np.percentile(values, [2.5, 97.5]))
 
 
 def test_train_and_report_a_multi_label_sweep(tmp_path, shared_data_dir):

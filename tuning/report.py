@@ -96,21 +96,8 @@ def _compare(a: dict, b: dict) -> stats.Comparison | None:
   labels = pa[0]
   if not classification.is_multi_label(labels) and pa[1].shape[1] == 2:
     return stats.delong(labels == 1, pa[1][:, 1], pb[1][:, 1])
-  return stats.paired_bootstrap(*_auc_resampling(labels, pa[1], pb[1]), samples=300)
-
-
-def _auc_resampling(labels: np.ndarray, *probs: np.ndarray) -> tuple:
-  """`(labels, *scores, metric)` for stats' bootstraps of the test AUC.
-
-  They resample images within the classes of `(N,)` labels. Multi-label images
-  are resampled within their `medmnist.strata` (rarest positive label) instead,
-  each carrying its label row in front of its scores for the metric to split off.
-  """
-  if not classification.is_multi_label(labels):
-    return (labels, *probs, classification.roc_auc)
-  n = labels.shape[1]
-  metric = lambda _, rows: classification.roc_auc(rows[:, :n].astype(np.int64), rows[:, n:])
-  return (medmnist.strata(labels), *(np.concatenate([labels, p], axis=1) for p in probs), metric)
+  return stats.paired_bootstrap(labels, pa[1], pb[1], classification.roc_auc, samples=300,
+                                strata=medmnist.strata(labels))
 
 
 def summarize(runs: list[dict]) -> list[Scheme]:
@@ -125,7 +112,9 @@ def summarize(runs: list[dict]) -> list[Scheme]:
     scheme.val_auc = float(np.mean([r["val_auc"] for r in scheme.runs]))
     scheme.test_auc, scheme.low, scheme.high = stats.mean_ci([r["test_auc"] for r in scheme.runs])
     if len(scheme.runs) == 1 and (saved := _predictions(scheme.runs[0])) is not None:
-      scheme.low, scheme.high = stats.bootstrap_ci(*_auc_resampling(*saved), samples=300)
+      labels, probs = saved
+      scheme.low, scheme.high = stats.bootstrap_ci(labels, probs, classification.roc_auc,
+                                                   samples=300, strata=medmnist.strata(labels))
     scheme.low, scheme.high = max(scheme.low, 0.0), min(scheme.high, 1.0)  # AUC's range; nan stays
   if not schemes:
     return schemes

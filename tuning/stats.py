@@ -67,16 +67,17 @@ def delong(positive: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> 
 
 def paired_bootstrap(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
                      metric: Callable[[np.ndarray, np.ndarray], float], samples: int = 1000,
-                     seed: int = 0) -> Comparison:
+                     seed: int = 0, strata: np.ndarray | None = None) -> Comparison:
   """`metric(a) = metric(b)` tested by resampling test images (the same resample for both).
 
   The p-value is twice the fraction of resamples on the other side of zero from
   the observed difference (percentile bootstrap), floored at 1 / samples.
+  Images are resampled within their `strata` (default: their class in `labels`).
   """
   labels = np.asarray(labels)
   observed_a, observed_b = metric(labels, scores_a), metric(labels, scores_b)
   differences = []
-  for index in _resamples(labels, samples, seed):
+  for index in _resamples(labels if strata is None else strata, samples, seed):
     differences.append(metric(labels[index], scores_a[index]) - metric(labels[index], scores_b[index]))
   differences = np.asarray(differences)
   observed = observed_a - observed_b
@@ -91,10 +92,13 @@ def paired_bootstrap(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndar
 
 def bootstrap_ci(labels: np.ndarray, scores: np.ndarray,
                  metric: Callable[[np.ndarray, np.ndarray], float], samples: int = 1000,
-                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-  """Percentile interval of `metric` over test sets resampled with replacement."""
+                 level: float = 0.95, seed: int = 0, strata: np.ndarray | None = None
+                 ) -> tuple[float, float]:
+  """Percentile interval of `metric` over test sets resampled with replacement, within
+  `strata` (default: the class in `labels`)."""
   labels = np.asarray(labels)
-  values = [metric(labels[i], scores[i]) for i in _resamples(labels, samples, seed)]
+  values = [metric(labels[i], scores[i])
+            for i in _resamples(labels if strata is None else strata, samples, seed)]
   tail = (1 - level) / 2 * 100
   low, high = np.percentile(values, [tail, 100 - tail])
   return float(low), float(high)
@@ -120,9 +124,9 @@ def _two_sided(z: float) -> float:
   return float(math.erfc(abs(z) / math.sqrt(2)))
 
 
-def _resamples(labels: np.ndarray, samples: int, seed: int):
-  """Index arrays of bootstrap resamples, stratified by class so each keeps every class."""
+def _resamples(strata: np.ndarray, samples: int, seed: int):
+  """Index arrays of bootstrap resamples within `(N,)` strata, so each keeps every class."""
   rng = np.random.default_rng(seed)
-  by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+  by_class = [np.flatnonzero(strata == c) for c in np.unique(strata)]
   for _ in range(samples):
     yield np.concatenate([rng.choice(members, len(members)) for members in by_class])
