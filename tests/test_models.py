@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tuning import models
-from tuning.models.layers import DepthwiseConv, conv_padding
+from tuning.models.layers import Conv, DepthwiseConv, conv_general_dilated, conv_padding
 
 
 RESNET_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
@@ -67,6 +67,38 @@ def test_depthwise_conv_equals_grouped_conv(size, stride, same):
   # ... and the same gradients, which is what training uses.
   grad = lambda f: jax.grad(lambda p, x: jnp.sum(f(p, x) ** 2), argnums=(0, 1))(params, x)
   chex.assert_trees_all_close(grad(dw.apply), grad(grouped.apply), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("kernel, stride, padding, channels", [
+    (1, 1, ((0, 0), (0, 0)), 5), (1, 2, ((0, 0), (0, 0)), 5), (1, 2, "SAME", 5),
+    (1, 1, "VALID", 5), (1, 1, ((1, 1), (0, 0)), 5), (3, 1, ((1, 1), (1, 1)), 5),
+    (3, 2, "SAME", 5), (3, 2, ((1, 1), (1, 1)), 3), (3, 2, ((0, 1), (0, 1)), 3),
+    (3, 2, "SAME", 3), (3, 2, "VALID", 3), (3, 1, ((1, 1), (1, 1)), 3)])
+def test_conv_equals_xla_conv(kernel, stride, padding, channels, jit):
+  """1x1 convs and stride-2 3x3 convs of 3-channel images run as matrix products (the
+  rest as XLA convs): the same outputs and gradients as `lax.conv_general_dilated`,
+  on odd and even maps."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, channels))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, channels, 4))
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (stride, stride), padding,
+                                             dimension_numbers=dn)))
+  ours = jax.value_and_grad(loss(conv_general_dilated), argnums=(0, 1))
+  ours = jax.jit(ours) if jit else ours
+  want = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))
+  chex.assert_trees_all_close(ours(x, w), want(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_module_keeps_flax_parameters():
+  """`Conv` is `nn.Conv` (same parameter names, shapes and initial values) with the fast conv."""
+  x = jnp.ones((1, 4, 4, 3))
+  ours, flax_conv = Conv(8, (1, 1), name="conv"), nn.Conv(8, (1, 1), name="conv")
+  params = ours.init(jax.random.key(0), x)
+  chex.assert_trees_all_equal(params, flax_conv.init(jax.random.key(0), x))
+  chex.assert_trees_all_close(ours.apply(params, x), flax_conv.apply(params, x), rtol=1e-6)
 
 
 @pytest.mark.parametrize("size, stride, kernel", [(16, 2, 3), (15, 2, 3), (16, 1, 3), (9, 2, 1)])

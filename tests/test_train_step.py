@@ -65,22 +65,26 @@ def test_frozen_params_have_no_optimizer_moments(arch, scheme):
   assert sum(m.size for m in moments) == trainable
 
 
-def count_convolutions(fn, *args):
-  return jax.jit(fn).lower(*args).compile().as_text().count("convolution(")
+def flops(fn, *args) -> float:
+  return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
-def test_head_only_step_runs_no_backward_convolutions(arch):
+def test_head_only_step_runs_no_backward_through_frozen_layers(arch):
   """Frozen layers must cost nothing in the backward pass: after XLA's dead-code
-  elimination a head-only step holds exactly the forward pass's convolutions."""
+  elimination a head-only step does no more arithmetic than a training-mode forward
+  pass and the head's gradient (its frozen BatchNorms even skip the batch statistics),
+  a full step about three forward passes'.
+  (Counted in FLOPs, not convolutions: 1x1 convs run as dots, depthwise ones as
+  multiply-adds, see tuning/models/layers.py.)"""
   model, state, step, _ = setup(arch, "head")
   batch = batches(1)[0]
   forward = lambda s, b: model.apply(train.model_variables(s), b["image"], train=True,
                                      mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
-  n_forward = count_convolutions(forward, state, batch)
-  assert count_convolutions(step, state, batch) == n_forward
+  forward_flops = flops(forward, state, batch)
+  assert flops(step, state, batch) < 1.05 * forward_flops
   _, deep_state, deep_step, _ = setup(arch, "all")
-  assert count_convolutions(deep_step, deep_state, batch) > 2 * n_forward
+  assert flops(deep_step, deep_state, batch) > 2 * forward_flops
 
 
 class TestJitMatchesEager(chex.TestCase):

@@ -43,8 +43,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tuning.models.layers import (adaptive_avg_pool, check_image_size, conv_init,
-                                  local_response_norm, run_blocks)
+from tuning.models.layers import (adaptive_avg_pool, check_image_size, conv_general_dilated,
+                                  conv_init, local_response_norm, run_blocks)
 
 
 def max_pool(x: jax.Array, ceil_mode: bool) -> jax.Array:
@@ -62,7 +62,7 @@ def max_pool(x: jax.Array, ceil_mode: bool) -> jax.Array:
 
 def split_groups_conv(lhs: jax.Array, rhs: jax.Array, *args, dimension_numbers,
                       feature_group_count: int, **kwargs) -> jax.Array:
-  """`lax.conv_general_dilated` running each feature group as a convolution of its own.
+  """`layers.conv_general_dilated` running each feature group as a convolution of its own.
 
   The same result and parameters as one grouped convolution, which XLA's CPU
   backend runs slowly: with it, a CaffeAlexNet train step at 227 px takes 3x
@@ -71,7 +71,7 @@ def split_groups_conv(lhs: jax.Array, rhs: jax.Array, *args, dimension_numbers,
   dn = dimension_numbers
   groups = zip(jnp.split(lhs, feature_group_count, dn.lhs_spec[1]),
                jnp.split(rhs, feature_group_count, dn.rhs_spec[0]))
-  return jnp.concatenate([jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dn, **kwargs)
+  return jnp.concatenate([conv_general_dilated(x, w, *args, dimension_numbers=dn, **kwargs)
                           for x, w in groups], dn.out_spec[1])
 
 

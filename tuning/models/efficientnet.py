@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tuning.models.layers import ClassifierHead, ConvNormAct, conv_init, run_blocks
+from tuning.models.layers import ClassifierHead, Conv, ConvNormAct, conv_init, run_blocks
 from tuning.models.mobilenet_v2 import relu6
 
 # (expansion, depthwise kernel, output channels, units, stride of the first unit) per stage.
@@ -35,8 +35,8 @@ class SqueezeExcitation(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = self.activation(nn.Conv(self.squeeze, (1, 1), kernel_init=conv_init, name="fc1")(s))
-    s = nn.Conv(x.shape[-1], (1, 1), kernel_init=conv_init, name="fc2")(s)
+    s = self.activation(Conv(self.squeeze, (1, 1), kernel_init=conv_init, name="fc1")(s))
+    s = Conv(x.shape[-1], (1, 1), kernel_init=conv_init, name="fc2")(s)
     return x * nn.sigmoid(s)
 
 

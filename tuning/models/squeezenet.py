@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from tuning.models.alexnet import ConvBlock, max_pool
-from tuning.models.layers import check_image_size, run_blocks
+from tuning.models.layers import Conv, check_image_size, run_blocks
 
 # (squeeze channels, channels of each expand conv, a max-pool follows) of fire2..fire9.
 FIRES = ((16, 64, False), (16, 64, True), (32, 128, False), (32, 128, True),
@@ -54,7 +54,7 @@ class Classifier(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     # torchvision initialises this conv with normal(0, 0.01), unlike the others.
-    x = nn.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01),
+    x = Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01),
                 name="classifier")(x)
     return jnp.mean(nn.relu(x), axis=(1, 2))
 

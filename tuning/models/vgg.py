@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tuning.models.layers import ClassifierHead, adaptive_avg_pool, conv_init, run_blocks
+from tuning.models.layers import ClassifierHead, Conv, adaptive_avg_pool, conv_init, run_blocks
 
 VGG16 = (2, 2, 3, 3, 3)
 VGG19 = (2, 2, 4, 4, 4)
@@ -31,7 +31,7 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     del train  # no BatchNorm or dropout here
     for i in range(self.convs):
-      x = nn.relu(nn.Conv(self.features, (3, 3), padding=1, kernel_init=conv_init,
+      x = nn.relu(Conv(self.features, (3, 3), padding=1, kernel_init=conv_init,
                           name=f"conv{i}")(x))
     return nn.max_pool(x, (2, 2), (2, 2))
 
