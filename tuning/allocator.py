@@ -26,7 +26,7 @@ _M_ARENA_MAX = -8
 
 SETTINGS = (
     (_M_MMAP_MAX, 0),  # no mmap per block: big blocks come from the heap, and stay
-    (_M_TRIM_THRESHOLD, 2**31 - 1),  # never give the heap's free top back (int max)
+    (_M_TRIM_THRESHOLD, -1),  # never give the heap's free top back: -1 is SIZE_MAX to glibc
     (_M_ARENA_MAX, 1),  # one heap: threads reuse what others freed
 )
 
