@@ -14,6 +14,7 @@ import pytest
 from tuning import bn_policy, config as config_lib, depth, schedule, train
 from tuning.models.efficientnet import MBConv
 from tuning.models.layers import ClassifierHead, ConvNormAct, run_blocks
+from test_train_step import flops
 
 SIZE = 8
 
@@ -148,19 +149,16 @@ def test_restart_unfrozen_reestimates_only_the_blocks_a_phase_unfreezes(variable
   assert np.abs(got["stem"]["bn"]["var"] - stale["batch_stats"]["stem"]["bn"]["var"]).min() > 1
 
 
-def count_convolutions(fn, *args):
-  return jax.jit(fn).lower(*args).compile().as_text().count("convolution(")
-
-
-def test_head_only_step_runs_no_backward_convolutions_under_every_policy(variables):
-  """As tests/test_train_step.py: a head-only step holds only the forward pass's convolutions."""
+def test_head_only_step_runs_no_backward_through_frozen_layers_under_every_policy(variables):
+  """As tests/test_train_step.py: a head-only step does no more arithmetic than the
+  forward pass and the head's gradient, whatever the BatchNorm policy."""
   model = Toy(dropout_rate=0.5, drop_rate=0.5)
   batch = batches(1)[0]
   forward = lambda v, images: model.apply(v, images, train=True, mutable=["batch_stats"],
                                           rngs={"dropout": jax.random.key(0)})
-  n_forward = count_convolutions(forward, variables, batch["image"])
+  forward_flops = flops(forward, variables, batch["image"])
   for policy in bn_policy.POLICIES:
     _, state, make_step = setup(model, variables, "head", policy)
-    assert count_convolutions(make_step(jax.random.key(1)), state, batch) == n_forward, policy
+    assert flops(make_step(jax.random.key(1)), state, batch) < 1.05 * forward_flops, policy
   _, state, make_step = setup(model, variables, "all", bn_policy.FROZEN_STATS)
-  assert count_convolutions(make_step(jax.random.key(1)), state, batch) > n_forward
+  assert flops(make_step(jax.random.key(1)), state, batch) > 2 * forward_flops
