@@ -148,3 +148,16 @@ def machine() -> dict:
     pass
   return {"platform": platform.platform(), "cpu": model, "cpu_count": os.cpu_count(),
           "cores_used": cores(), "python": platform.python_version()}
+
+
+def write_report(path: str, title: str, rows: Sequence[dict], setup: str, *body: str,
+                 load: str = "during the run") -> None:
+  """A bench markdown file: `title`, a line saying where and how it ran (machine, then
+  `setup`, then the 1-min load average's range over `rows`), then `body`."""
+  first, loads = rows[0], [row["loadavg_1m"] for row in rows]
+  where = (f"{first['date'][:10]}, {first['cpu']}, {first['cores_used']} of "
+           f"{first['cpu_count']} cores")
+  text = "\n".join([f"# {title}", "", f"{where}{setup} 1-min load average {load}: "
+                    f"{min(loads):.1f}–{max(loads):.1f}.", "", *body, ""])
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)

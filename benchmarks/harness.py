@@ -381,24 +381,21 @@ def scaling(rows: Sequence[dict]) -> list[str]:
 
 def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -> None:
   """The bench table at the fewest devices, and the scaling table when several were measured."""
-  loads, scaled, rows = [r["loadavg_1m"] for r in rows], scaling(rows), _at_fewest_devices(rows)
+  scaled, all_rows, rows = scaling(rows), rows, _at_fewest_devices(rows)
   first = rows[0]
   peaks = {r["framework"]: r["matmul_peak_gflops"] for r in rows}
   versions = ", ".join(f"{name} {first[f'{name}_version']}" for name in ("jax", "torch")
                        if first[f"{name}_version"])
-  text = "\n".join([
-      "# tuning bench", "",
-      f"{first['date'][:10]}, {first['cpu']}, {first['cores_used']} of {first['cpu_count']} cores "
-      f"used (XLA's thread pool; torch threads set to match), {versions}. Batch {first['batch']}, "
+  setup = (
+      f" used (XLA's thread pool; torch threads set to match), {versions}. Batch {first['batch']}, "
       f"{first['size']}x{first['size']} px, {NUM_CLASSES} classes, random weights; img/s is the "
       f"median (min–max) of {first['repeats']} timed runs of {first['steps']} steps after "
       f"{common.WARMUP_STEPS} warm-up steps. float32 2048² matmul peak: " + ", ".join(
           f"{'JAX' if fw == 'jax' else fw} {gflops:.0f} GFLOP/s" for fw, gflops in peaks.items())
-      + f". 1-min load average during the run: {min(loads):.1f}–{max(loads):.1f}.", "",
-      table(rows), "", *versus_forward(rows), *(["", *notes] if notes else []),
-      *(["", *scaled] if scaled else []), ""])
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+      + ".")
+  common.write_report(path, "tuning bench", all_rows, setup, table(rows), "",
+                      *versus_forward(rows), *(["", *notes] if notes else []),
+                      *(["", *scaled] if scaled else []))
 
 
 def plot(rows: Sequence[dict], path: str) -> None:

@@ -120,18 +120,13 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def write_markdown(rows: Sequence[dict], path: str) -> None:
-  first, loads = rows[0], [r["loadavg_1m"] for r in rows]
-  text = "\n".join([
-      "# tuning bench --pipeline", "",
-      f"{first['date'][:10]}, {first['cpu']}, {first['cores_used']} of {first['cpu_count']} "
-      f"cores, {first['devices']} {first['device_kind']} device(s), jax {first['jax_version']}. "
+  first = rows[0]
+  common.write_report(
+      path, "tuning bench --pipeline", rows,
+      f", {first['devices']} {first['device_kind']} device(s), jax {first['jax_version']}. "
       f"{first['n_train']:,} training images of {first['dataset']} ({first['source_size']} px) "
       f"resized to {first['size']} px, batch {first['batch']}, augment "
       f"{first['augment'] or 'none'}, {first['preprocess']} preprocess, random weights. img/s "
       f"is the median (min–max) of {first['repeats']} timed runs of {first['steps']} steps "
       f"after {common.WARMUP_STEPS} warm-up steps, in `tuning train`'s loop (one step in "
-      "flight); `pipeline alone` puts batches on the device with no step running. 1-min load "
-      f"average during the run: {min(loads):.1f}–{max(loads):.1f}.", "",
-      table(rows), ""])
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+      "flight); `pipeline alone` puts batches on the device with no step running.", table(rows))

@@ -123,14 +123,10 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def write_markdown(rows: Sequence[dict], path: str) -> None:
-  first, loads = rows[0], [r["loadavg_1m"] for r in rows]
-  text = "\n".join([
-      "# tuning bench --sweep", "",
-      f"{first['date'][:10]}, {first['cpu']}, {first['cores_used']} of {first['cpu_count']} "
-      f"cores, jax {first['jax_version']}. {first['n_train']} training images, "
+  first = rows[0]
+  common.write_report(
+      path, "tuning bench --sweep", rows,
+      f", jax {first['jax_version']}. {first['n_train']} training images, "
       f"{first['image_size']} px, batch {first['batch_size']}, {first['epochs_run']} epochs per "
-      f"run (no early stopping), torchvision ImageNet weights. 1-min load average after each "
-      f"run: {min(loads):.1f}–{max(loads):.1f}.", "",
-      table(rows), "", *summary(rows), ""])
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+      f"run (no early stopping), torchvision ImageNet weights.",
+      table(rows), "", *summary(rows), load="after each run")
