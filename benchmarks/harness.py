@@ -381,9 +381,9 @@ def scaling(rows: Sequence[dict]) -> list[str]:
 
 def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -> None:
   """The bench table at the fewest devices, and the scaling table when several were measured."""
-  scaled, all_rows, rows = scaling(rows), rows, _at_fewest_devices(rows)
-  first = rows[0]
-  peaks = {r["framework"]: r["matmul_peak_gflops"] for r in rows}
+  shown = _at_fewest_devices(rows)
+  first = shown[0]
+  peaks = {r["framework"]: r["matmul_peak_gflops"] for r in shown}
   versions = ", ".join(f"{name} {first[f'{name}_version']}" for name in ("jax", "torch")
                        if first[f"{name}_version"])
   setup = (
@@ -393,8 +393,9 @@ def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -
       f"{common.WARMUP_STEPS} warm-up steps. float32 2048² matmul peak: " + ", ".join(
           f"{'JAX' if fw == 'jax' else fw} {gflops:.0f} GFLOP/s" for fw, gflops in peaks.items())
       + ".")
-  common.write_report(path, "tuning bench", all_rows, setup, table(rows), "",
-                      *versus_forward(rows), *(["", *notes] if notes else []),
+  scaled = scaling(rows)
+  common.write_report(path, "tuning bench", rows, setup, table(shown), "",
+                      *versus_forward(shown), *(["", *notes] if notes else []),
                       *(["", *scaled] if scaled else []))
 
 

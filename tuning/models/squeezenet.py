@@ -55,7 +55,7 @@ class Classifier(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     # torchvision initialises this conv with normal(0, 0.01), unlike the others.
     x = Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01),
-                name="classifier")(x)
+             name="classifier")(x)
     return jnp.mean(nn.relu(x), axis=(1, 2))
 
 

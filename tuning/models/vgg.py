@@ -32,7 +32,7 @@ class ConvBlock(nn.Module):
     del train  # no BatchNorm or dropout here
     for i in range(self.convs):
       x = nn.relu(Conv(self.features, (3, 3), padding=1, kernel_init=conv_init,
-                          name=f"conv{i}")(x))
+                       name=f"conv{i}")(x))
     return nn.max_pool(x, (2, 2), (2, 2))
 
 
