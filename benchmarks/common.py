@@ -62,8 +62,12 @@ def schemes(block_names: Sequence[str], requested: Sequence[str] | None = None) 
   return [_resolve(n, block_names) for n in names]
 
 
-def images_per_second(run_steps: Callable[[int], None], batch: int, repeats: int, steps: int
-                      ) -> dict[str, float]:
+def no_pause() -> None:
+  pass
+
+
+def images_per_second(run_steps: Callable[[int], None], batch: int, repeats: int, steps: int,
+                      between: Callable[[], None] = no_pause) -> dict[str, float]:
   """Median, min and max images/s over `repeats` timed runs of `steps` steps.
 
   `run_steps(k)` runs k steps and returns once they are finished (JAX dispatches
@@ -71,12 +75,14 @@ def images_per_second(run_steps: Callable[[int], None], batch: int, repeats: int
   the first calls of a step allocate its buffers and fill the caches. Also
   counts the process's minor page faults per timed step: buffers the allocator
   maps afresh every step (glibc mmaps blocks above its 128 KB-32 MB threshold)
-  are faulted in, page by page, every step.
+  are faulted in, page by page, every step. `between()` is called before each timed
+  run: there the process gives its turn on the machine to another (benchmarks/turns.py).
   """
   run_steps(WARMUP_STEPS)
   rates = []
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(repeats):
+    between()
     start = time.perf_counter()
     run_steps(steps)
     rates.append(batch * steps / (time.perf_counter() - start))

@@ -13,10 +13,8 @@ the step fed by the real input pipeline (benchmarks/pipeline.py).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
 import functools
-import multiprocessing
 import os
 import sys
 import time
@@ -29,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
-from benchmarks import common, pipeline, sweep_cost
+from benchmarks import common, pipeline, sweep_cost, turns
 from tuning import allocator
 from tuning import augment as augment_lib
 from tuning import config as config_lib
@@ -89,14 +87,15 @@ def _put_batches(batches: Iterator[dict], sharding) -> Callable[[int], None]:
 
 
 def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, repeats: int,
-             steps: int, devices: int | None = None, feed: pipeline.Feed | None = None
-             ) -> Iterator[dict]:
+             steps: int, devices: int | None = None, feed: pipeline.Feed | None = None,
+             between: Callable[[], None] = common.no_pause) -> Iterator[dict]:
   """One row per scheme, each step compiled ahead of time to time the compile alone.
 
   `devices`: the mesh spans the first that many devices (None: all), the batch
   split across them. `feed`: real training data; each (train) scheme is then
   measured twice in `tuning train`'s loop, on one resident batch of it and fed by
   its input pipeline (the row's `fed`), and the pipeline alone is timed beside.
+  `between`: called before each timed run (`common.images_per_second`).
   """
   model = models.create(arch, feed.num_classes if feed else NUM_CLASSES)
   block_names = type(model).block_names
@@ -163,28 +162,32 @@ def jax_rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, 
 
     if feed is None:
       yield row(common.images_per_second(
-          _runner(compiled, state, arg, scheme.trainable_from is not None), batch, repeats, steps))
+          _runner(compiled, state, arg, scheme.trainable_from is not None), batch, repeats, steps,
+          between))
       continue
     yield row(common.images_per_second(_training_loop(compiled, state, lambda: arg), batch,
-                                       repeats, steps), fed="resident")
+                                       repeats, steps, between), fed="resident")
     batches = feed.batches()  # only now, so that no pipeline ran while the resident batch did
     fed = common.images_per_second(_training_loop(
         compiled, fresh_state(), lambda: jax.device_put(next(batches), sharded)),
-                                   batch, repeats, steps)
-    alone = common.images_per_second(_put_batches(batches, sharded), batch, repeats, steps)
+                                   batch, repeats, steps, between)
+    alone = common.images_per_second(_put_batches(batches, sharded), batch, repeats, steps,
+                                     between)
     yield row(fed, fed="pipeline", pipeline_alone_img_per_s=alone["img_per_s"])
 
 
-def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: dict
-            ) -> list[dict]:
-  """One framework's rows for one model, each stamped with the time and load it ran at."""
+def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: dict,
+            between: Callable[[], None] = common.no_pause) -> list[dict]:
+  """One framework's rows for one model, each stamped with the time and load it ran at.
+  `between`: called before each timed run (benchmarks/turns.py)."""
   keeps_freed = allocator.keep_freed_memory()  # a fresh process: as `tuning train` runs
   chosen = common.schemes(type(models.create(arch, NUM_CLASSES)).block_names, schemes)
   if framework == "jax":
-    produced = jax_rows(arch, chosen, **settings)
+    produced = jax_rows(arch, chosen, **settings, between=between)
   else:
     from benchmarks import torch_peer  # pylint: disable=import-outside-toplevel  (optional)
-    produced = torch_peer.rows(arch, chosen, num_classes=NUM_CLASSES, **settings)
+    produced = torch_peer.rows(arch, chosen, num_classes=NUM_CLASSES, **settings,
+                               between=between)
   rows = []
   for row in produced:
     row.update(loadavg_1m=os.getloadavg()[0], malloc_keeps_freed=keeps_freed,
@@ -197,18 +200,16 @@ def measure(framework: str, arch: str, schemes: Sequence[str] | None, settings: 
   return rows
 
 
-def _set_environ(environ: dict[str, str]) -> None:
-  os.environ.update(environ)
+def _call(fn: Callable, *args, between: Callable[[], None]):
+  del between  # one process alone: no one to give turns to
+  return fn(*args)
 
 
 def in_fresh_process(fn: Callable, *args, environ: dict[str, str] | None = None):
   """`fn(*args)` in a new interpreter, so that no measurement shares a process with another
   framework or model: their memory peaks and thread pools stay apart. `environ` is set
   there first, before JAX starts its backend (which reads XLA_FLAGS then, once)."""
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_set_environ,
-                                              initargs=(environ or {},)) as pool:
-    return pool.submit(fn, *args).result()
+  return turns.in_turns([(_call, (fn, *args), environ or {})])[0]
 
 
 def _backend() -> tuple[str, int]:
@@ -229,11 +230,14 @@ def device_platform(counts: Sequence[int]) -> str:
 def run(archs: Sequence[str], schemes: Sequence[str] | None, *, batch: int, size: int, out: str,
         repeats: int, steps: int, with_torch: bool = True, devices: Sequence[int] | None = None,
         platform: str | None = None) -> list[dict]:
-  """Measures every model and scheme in JAX, then in torch; writes bench.{jsonl,md,png} to `out`.
+  """Measures every model and scheme in JAX and torch; writes bench.{jsonl,md,png} to `out`.
 
-  Each framework and model runs in its own process (`measure`), one after the
-  other. JAX runs first so that torch rows can carry XLA's flop count of the same
-  step (`flops_per_img`; the arithmetic is the same) and with it their GFLOP/s.
+  Each framework and model runs in its own process (`measure`). A model's torch
+  rows are measured in turns with its JAX rows at the fewest devices, the ones they
+  are compared with: the two processes alternate timed runs (benchmarks/turns.py),
+  so that drift of the machine's speed falls on both alike. Torch rows carry
+  XLA's flop count of the same step (`flops_per_img`; the arithmetic is the same)
+  and with it their GFLOP/s.
   `schemes`: names as `common.scheme_names` gives them; None is all of them.
   `devices`: device counts to measure the JAX rows at, data-parallel, each count in
   processes of its own (on CPU fake devices, set by XLA_FLAGS there), `batch` the
@@ -258,26 +262,36 @@ def run(archs: Sequence[str], schemes: Sequence[str] | None, *, batch: int, size
   if devices and platform is None:
     platform = device_platform(devices)
   counts = sorted(set(devices)) if devices else [None]
-  rows, flops = [], {}
-  for framework in ("jax", "torch") if torch_peer else ("jax",):
-    for arch in archs:
-      if framework == "torch" and arch not in torch_peer.ARCHITECTURES:
-        notes.append(f"No torch peer for {arch} yet.")
-        continue
-      for count in counts if framework == "jax" else [None]:
-        environ = {"XLA_FLAGS": common.host_device_flags(os.environ.get("XLA_FLAGS", ""), count)
-                   } if count and platform == "cpu" else None
-        counted = settings if count is None else {**settings, "devices": count}
-        for row in in_fresh_process(measure, framework, arch, schemes, counted, environ=environ):
-          if framework == "jax":  # the fewest devices': torch rows compare with those
-            flops.setdefault((arch, row["scheme"]), row["flops_per_img"])
-          else:
-            per_img = flops.get((arch, row["scheme"]))
-            row.update(flops_per_img=per_img, gflops_achieved=None if per_img is None
-                       else per_img * row["img_per_s"] / 1e9)
-          row.update(context)
-          train.append_result(path, row)
-          rows.append(row)
+  rows = []
+  for arch in archs:
+    jax_calls = []
+    for count in counts:
+      environ = {"XLA_FLAGS": common.host_device_flags(os.environ.get("XLA_FLAGS", ""), count)
+                 } if count and platform == "cpu" else {}
+      counted = settings if count is None else {**settings, "devices": count}
+      jax_calls.append((measure, ("jax", arch, schemes, counted), environ))
+    with_peer = torch_peer is not None and arch in torch_peer.ARCHITECTURES
+    if torch_peer is not None and not with_peer:
+      notes.append(f"No torch peer for {arch} yet.")
+    if with_peer:
+      fewest, torch_rows = turns.in_turns(
+          [jax_calls[0], (measure, ("torch", arch, schemes, settings), {})])
+    else:
+      fewest, torch_rows = turns.in_turns(jax_calls[:1])[0], []
+    others = [row for call in jax_calls[1:] for row in turns.in_turns([call])[0]]
+    flops = {row["scheme"]: row["flops_per_img"] for row in fewest}
+    for row in torch_rows:
+      per_img = flops.get(row["scheme"])
+      row.update(flops_per_img=per_img, gflops_achieved=None if per_img is None
+                 else per_img * row["img_per_s"] / 1e9)
+    for row in fewest + torch_rows:
+      row["timed_in_turns"] = with_peer  # its timed runs alternated with the other framework's
+    for row in others:
+      row["timed_in_turns"] = False
+    for row in fewest + others + torch_rows:
+      row.update(context)
+      train.append_result(path, row)
+      rows.append(row)
   write_markdown(rows, os.path.join(out, MARKDOWN), notes)
   plot(_at_fewest_devices(rows), os.path.join(out, PLOT))
   return rows
@@ -390,7 +404,10 @@ def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -
       f" used (XLA's thread pool; torch threads set to match), {versions}. Batch {first['batch']}, "
       f"{first['size']}x{first['size']} px, {NUM_CLASSES} classes, random weights; img/s is the "
       f"median (min–max) of {first['repeats']} timed runs of {first['steps']} steps after "
-      f"{common.WARMUP_STEPS} warm-up steps. float32 2048² matmul peak: " + ", ".join(
+      f"{common.WARMUP_STEPS} warm-up steps"
+      + ("; JAX's and torch's timed runs alternate, one process at a time (benchmarks/turns.py)"
+         if any(r.get("timed_in_turns") for r in shown) else "")
+      + ". float32 2048² matmul peak: " + ", ".join(
           f"{'JAX' if fw == 'jax' else fw} {gflops:.0f} GFLOP/s" for fw, gflops in peaks.items())
       + ".")
   scaled = scaling(rows)

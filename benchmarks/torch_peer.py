@@ -11,7 +11,7 @@ memory, like JAX's arrays): on a 2-core EPYC it ran 1.1-1.8x faster than NCHW.
 from __future__ import annotations
 
 import collections
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -157,8 +157,10 @@ def matmul_peak_gflops(n: int = 2048) -> float:
 
 
 def rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, repeats: int,
-         steps: int, num_classes: int) -> Iterator[dict]:
-  """One row per scheme, measured on one random batch with `common.cores()` threads."""
+         steps: int, num_classes: int, between: Callable[[], None] = common.no_pause
+         ) -> Iterator[dict]:
+  """One row per scheme, measured on one random batch with `common.cores()` threads;
+  `between` is called before each timed run (`common.images_per_second`)."""
   torch.set_num_threads(common.cores())
   torch.manual_seed(0)
   model = create(arch, num_classes).to(memory_format=torch.channels_last)
@@ -184,7 +186,7 @@ def rows(arch: str, schemes: list[common.Scheme], *, batch: int, size: int, repe
         for _ in range(k):
           step(inputs, labels)
       trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    speed = common.images_per_second(run_steps, batch, repeats, steps)
+    speed = common.images_per_second(run_steps, batch, repeats, steps, between)
     model.zero_grad(set_to_none=True)  # the next scheme starts without this one's gradients
     yield {
         "framework": "torch", "model": arch, "scheme": scheme.name, "batch": batch, "size": size,

@@ -74,6 +74,7 @@ def test_both_frameworks_measure_every_scheme_on_the_same_parameters(bench):
   for scheme in SCHEMES:
     assert jax_rows[scheme]["trainable_params"] == torch_rows[scheme]["trainable_params"]
   assert jax_rows["forward"]["trainable_params"] == 0
+  assert all(row["timed_in_turns"] for row in rows)  # side by side: timed runs alternate
   assert 0 < jax_rows["head"]["trainable_params"] < jax_rows["from:layer4"]["trainable_params"]
 
 
