@@ -68,7 +68,7 @@ def no_pause() -> None:
 
 def images_per_second(run_steps: Callable[[int], None], batch: int, repeats: int, steps: int,
                       between: Callable[[], None] = no_pause) -> dict[str, float]:
-  """Median, min and max images/s over `repeats` timed runs of `steps` steps.
+  """Median, min and max images/s over `repeats` timed runs of `steps` steps, and each run's.
 
   `run_steps(k)` runs k steps and returns once they are finished (JAX dispatches
   asynchronously, so it must block). `WARMUP_STEPS` untimed steps go first:
@@ -88,7 +88,8 @@ def images_per_second(run_steps: Callable[[int], None], batch: int, repeats: int
     rates.append(batch * steps / (time.perf_counter() - start))
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
   return {"img_per_s": statistics.median(rates), "img_per_s_min": min(rates),
-          "img_per_s_max": max(rates), "minor_faults_per_step": faults / (repeats * steps)}
+          "img_per_s_max": max(rates), "img_per_s_runs": rates,
+          "minor_faults_per_step": faults / (repeats * steps)}
 
 
 def matmul_gflops(matmul: Callable[[], None], n: int, repeats: int = 5) -> float:

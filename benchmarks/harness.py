@@ -16,6 +16,7 @@ import argparse
 import datetime
 import functools
 import os
+import statistics
 import sys
 import time
 from typing import Callable, Iterator, Sequence
@@ -317,6 +318,20 @@ def speed_cell(row: dict | None) -> str:
   return f"{row['img_per_s']:.1f} ({row['img_per_s_min']:.1f}–{row['img_per_s_max']:.1f})"
 
 
+def ratio_cell(jax_row: dict | None, torch_row: dict | None) -> str:
+  """JAX's img/s over torch's. Timed in turns, the k-th runs of both lie side by side: the
+  median (min–max) of their paired ratios, which drift of the machine's speed cancels from;
+  otherwise the ratio of the medians."""
+  if not (jax_row and torch_row):
+    return "—"
+  runs = jax_row.get("img_per_s_runs"), torch_row.get("img_per_s_runs")
+  if jax_row.get("timed_in_turns") and torch_row.get("timed_in_turns") and runs[0] and (
+      len(runs[0]) == len(runs[1])):
+    paired = [j / t for j, t in zip(*runs)]
+    return f"{statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f})"
+  return f"{jax_row['img_per_s'] / torch_row['img_per_s']:.2f}"
+
+
 def _num(value: float | None, fmt: str) -> str:
   return "—" if value is None else fmt.format(value)
 
@@ -330,14 +345,13 @@ def table(rows: Sequence[dict]) -> str:
   for model, scheme in dict.fromkeys((r["model"], r["scheme"]) for r in rows):
     jax_row, torch_row = by_key.get(("jax", model, scheme)), by_key.get(("torch", model, scheme))
     any_row = jax_row or torch_row
-    ratio = (jax_row["img_per_s"] / torch_row["img_per_s"]) if jax_row and torch_row else None
     achieved = "—"
     if jax_row and jax_row["gflops_achieved"] is not None:
       achieved = (f"{jax_row['gflops_achieved']:.1f} "
                   f"({100 * jax_row['gflops_achieved'] / jax_row['matmul_peak_gflops']:.0f} %)")
     lines.append("| " + " | ".join([
         model, scheme, f"{any_row['trainable_params']:,}", speed_cell(jax_row),
-        speed_cell(torch_row), _num(ratio, "{:.2f}"),
+        speed_cell(torch_row), ratio_cell(jax_row, torch_row),
         _num(jax_row and jax_row["compile_s"], "{:.1f}"),
         _num(any_row["flops_per_img"] and any_row["flops_per_img"] / 1e9, "{:.3f}"), achieved,
         " / ".join(_num(r and r["peak_rss_mb"], "{:.0f}") for r in (jax_row, torch_row)),
@@ -405,7 +419,8 @@ def write_markdown(rows: Sequence[dict], path: str, notes: Sequence[str] = ()) -
       f"{first['size']}x{first['size']} px, {NUM_CLASSES} classes, random weights; img/s is the "
       f"median (min–max) of {first['repeats']} timed runs of {first['steps']} steps after "
       f"{common.WARMUP_STEPS} warm-up steps"
-      + ("; JAX's and torch's timed runs alternate, one process at a time (benchmarks/turns.py)"
+      + ("; JAX's and torch's timed runs alternate, one process at a time (benchmarks/turns.py), "
+         "and JAX/torch is the median (min–max) of the ratios of paired runs"
          if any(r.get("timed_in_turns") for r in shown) else "")
       + ". float32 2048² matmul peak: " + ", ".join(
           f"{'JAX' if fw == 'jax' else fw} {gflops:.0f} GFLOP/s" for fw, gflops in peaks.items())

@@ -24,7 +24,7 @@ from tuning.datasets import medmnist
 TUNING = pathlib.Path(sys.executable).parent / "tuning"
 SCHEMES = ["forward", "head", "from:layer4"]  # `all` would compile 2-3 s longer
 EVERY_ROW = ("framework", "model", "scheme", "batch", "size", "img_per_s", "img_per_s_min",
-             "img_per_s_max", "flops_per_img", "gflops_achieved", "matmul_peak_gflops",
+             "img_per_s_max", "img_per_s_runs", "flops_per_img", "gflops_achieved", "matmul_peak_gflops",
              "peak_rss_mb", "minor_faults_per_step", "trainable_params", "devices", "threads", "jax_version",
              "torch_version", "platform", "cpu_count", "date")
 JAX_ROW = ("compile_s", "xla_temp_mb", "device_kind")
@@ -93,7 +93,18 @@ def test_markdown_has_a_ratio_for_every_scheme(bench):
   ratio = [c.strip() for c in header.split("|")].index("JAX/torch")
   body = [line.split("|") for line in lines if line.startswith("| resnet18")]
   assert [cells[2].strip() for cells in body] == SCHEMES
-  assert all(float(cells[ratio]) > 0 for cells in body)
+  assert all(float(cells[ratio].split()[0]) > 0 for cells in body)
+
+
+def test_ratio_pairs_runs_timed_in_turns():
+  jax_row = {"img_per_s": 100.0, "img_per_s_runs": [100.0, 50.0, 120.0], "timed_in_turns": True}
+  torch_row = {"img_per_s": 100.0, "img_per_s_runs": [200.0, 100.0, 150.0],
+               "timed_in_turns": True}
+  # Paired: 0.5, 0.5, 0.8; the medians' ratio would say 1.00.
+  assert harness.ratio_cell(jax_row, torch_row) == "0.50 (0.50–0.80)"
+  apart = {**jax_row, "timed_in_turns": False}
+  assert harness.ratio_cell(apart, torch_row) == "1.00"
+  assert harness.ratio_cell(jax_row, None) == "—"
 
 
 def test_plot_is_a_png(bench):
