@@ -52,7 +52,9 @@ def in_turns(calls: Sequence[Call]) -> list[Any]:
   try:
     for fn, args, environ in calls:
       parent, child = context.Pipe()
-      process = context.Process(target=_serve, args=(child, fn, args, environ), daemon=True)
+      # Not a daemon: a measurement may start processes of its own (data loaders). If this
+      # process dies, the workers' pipes close and they exit when next waiting for a turn.
+      process = context.Process(target=_serve, args=(child, fn, args, environ))
       process.start()
       child.close()
       workers.append((process, parent))

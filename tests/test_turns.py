@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 
@@ -58,3 +59,16 @@ def test_a_failing_process_raises_with_its_traceback_and_stops_the_other(tmp_pat
     with open(path, encoding="utf-8") as f:
       windows = len(f.readlines())
   assert windows < WINDOWS  # the other stopped, not run to its end
+
+
+def start_a_process(*, between) -> int:
+  """A measurement that starts a process of its own (as data loaders do)."""
+  between()
+  child = multiprocessing.get_context("spawn").Process(target=os.getpid)
+  child.start()
+  child.join()
+  return child.exitcode
+
+
+def test_a_measurement_may_start_processes():
+  assert turns.in_turns([(start_a_process, (), {})]) == [0]
